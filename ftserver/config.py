@@ -1,0 +1,662 @@
+"""Server configuration: every key, its type, default and meaning, in one place.
+
+Each setting is one field of a frozen dataclass below, declared as
+``field(default=…, metadata=_spec(kind, doc, …))``: its default, its kind (how it is parsed
+and checked) and a one-line description live together (STYLE.md habit 12: every limit a
+named default in one module). :func:`describe` derives the documentation table from these
+declarations, and a test checks that ``docs/configuration.md`` lists exactly these keys with
+these types and defaults.
+
+Configuration comes from a TOML file (tables ``[server]``, ``[mqtt]``, ``[http]``,
+``[limits]``, ``[transfer]``, ``[storage]``, ``[export]``) and from overrides keyed by the
+dotted name (``{"limits.max_file_size": "1GiB"}``), applied after the file. Unknown keys and
+bad values raise :class:`ConfigError` naming the full key.
+
+Value syntax:
+
+- **size**: an integer (bytes) or a string ``<digits>[ ]<unit>``, unit one of ``B``, ``KB``,
+  ``MB``, ``GB``, ``TB`` (powers of 1000) or ``KiB``, ``MiB``, ``GiB``, ``TiB`` (powers of
+  1024), case-insensitive: ``"16MiB"``, ``"10MB"``.
+- **duration**: an integer (seconds) or a string ``<digits>[ ]<unit>``, unit one of ``ms``,
+  ``s``, ``m``, ``h``, ``d`` (``"500ms"``, ``"5m"``, ``"1d"``), or digits alone (seconds).
+  Kind ``seconds`` is a duration that must be a whole number of seconds (MQTT carries those).
+- **int**: an integer; **str**/**choice**/**path**/**host:port**: a string. In overrides
+  (text from a command line) integers may also be given as strings of digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ExportConfig",
+    "HostPort",
+    "HttpConfig",
+    "KeyDoc",
+    "LimitsConfig",
+    "MqttConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "TransferConfig",
+    "describe",
+    "format_duration",
+    "format_size",
+    "host_port",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+GiB: Final = 1024 * MiB
+
+#: largest MQTT packet the protocol can express (4-byte remaining length + fixed header)
+MQTT_MAX_PACKET: Final = 268_435_455 + 5
+#: largest value of a two-byte MQTT integer (Receive Maximum, Keep Alive, …)
+MQTT_MAX_U16: Final = 0xFFFF
+#: largest value of a four-byte MQTT integer (Session Expiry Interval)
+MQTT_MAX_U32: Final = 0xFFFF_FFFF
+#: largest file size a configuration may allow (offsets are signed 64-bit on disk)
+MAX_FILE_SIZE_CAP: Final = 2**63 - 1
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the full key."""
+
+
+# --------------------------------------------------------------------------------------------
+# host:port
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address: ``host`` (a name, IPv4 or IPv6 address, without brackets) and port.
+
+    Port 0 asks the OS for a free port (tests use it).
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def host_port(s: str) -> HostPort:
+    """Parse ``"HOST:PORT"`` or ``"[IPV6]:PORT"`` into a :class:`HostPort`.
+
+    HOST is a hostname (RFC 1123 labels), an IPv4 address, or an IPv6 address in brackets
+    (``"[::1]:1883"``, ``"[::]:1883"`` for every interface); PORT is 0–65535 in ASCII digits.
+    An empty host is refused: write ``0.0.0.0`` or ``[::]`` to listen everywhere. Raises
+    ``ValueError`` with the reason.
+    """
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0 or s[end + 1 : end + 2] != ":":
+            raise ValueError(f"expected '[IPV6]:PORT', got {s!r}")
+        host, port_text = s[1:end], s[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address: {host!r}") from None
+    else:
+        host, sep, port_text = s.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected 'HOST:PORT', got {s!r}")
+        if ":" in host:
+            raise ValueError(f"an IPv6 address needs brackets, as in '[::1]:1883'; got {s!r}")
+        if not host:
+            raise ValueError(f"missing host (use 0.0.0.0 or [::] for all interfaces): {s!r}")
+        if not _valid_host(host):
+            raise ValueError(f"not a hostname or IPv4 address: {host!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"expected a port 0-65535, got {port_text!r}")
+    return HostPort(host, int(port_text))
+
+
+def _valid_host(host: str) -> bool:
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    if len(host) > 253:
+        return False
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return all(label.isascii() and _HOSTNAME_LABEL.match(label) for label in labels)
+
+
+# --------------------------------------------------------------------------------------------
+# sizes and durations
+
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024 * GiB,
+}
+_SIZE_RE = re.compile(r"\s*([0-9]{1,30})\s?([A-Za-z]*)\s*\Z", re.ASCII)
+
+_DURATION_UNITS_MS: Final = {
+    "": 1000,
+    "ms": 1,
+    "s": 1000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+}
+_DURATION_RE = re.compile(r"\s*([0-9]{1,30})\s?([a-z]*)\s*\Z", re.ASCII)
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes from an int or a string like ``"16MiB"`` (see the module docstring)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = _SIZE_UNITS.get(m.group(2).lower())
+            if unit is not None:
+                return int(m.group(1)) * unit
+    raise ValueError(f"expected a size like '16MiB', got {value!r}")
+
+
+def parse_duration(value: object) -> float:
+    """A duration in seconds from an int (seconds) or a string like ``"500ms"`` or ``"5m"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            unit = _DURATION_UNITS_MS.get(m.group(2))
+            if unit is not None:
+                return int(m.group(1)) * unit / 1000
+    raise ValueError(f"expected a duration like '5s' or '500ms', got {value!r}")
+
+
+def format_size(n: int) -> str:
+    """The shortest exact rendering of a size: ``16777216`` → ``"16MiB"``."""
+    for unit, factor in (("TiB", 1024 * GiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}B"
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact rendering of a duration: ``300.0`` → ``"5m"``, ``0.5`` → ``"500ms"``."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    for unit, factor in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % factor == 0:
+            return f"{ms // factor}{unit}"
+    return f"{ms}ms"
+
+
+# --------------------------------------------------------------------------------------------
+# key declarations
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How one key is parsed, bounded and documented."""
+
+    kind: str
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+def _spec(
+    kind: str,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> dict[str, _Spec]:
+    """The metadata of a configuration key's dataclass field: its kind, doc and bounds."""
+    return {"spec": _Spec(kind, doc, lo, hi, choices)}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: process-wide settings."""
+
+    data_dir: Path = field(
+        default=Path("ftdata"),
+        metadata=_spec(
+            "path",
+            "Directory for staging and local exports; a relative path is relative to the "
+            "working directory.",
+        ),
+    )
+    workers: int = field(
+        default=0,
+        metadata=_spec(
+            "int", "Number of worker processes; 0 means one per CPU core.", lo=0, hi=1024
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_spec(
+            "choice",
+            "Least severe log level written.",
+            choices=("debug", "info", "warning", "error", "critical"),
+        ),
+    )
+
+    @property
+    def worker_count(self) -> int:
+        """The number of workers to start: ``workers``, or the CPU count when it is 0."""
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """``[mqtt]``: the MQTT listener and the session parameters ftserver announces."""
+
+    listen: HostPort = field(
+        default=HostPort("127.0.0.1", 1883),
+        metadata=_spec("host:port", "Address of the MQTT listener (TCP)."),
+    )
+    keepalive_max: int = field(
+        default=0,
+        metadata=_spec(
+            "seconds",
+            "Largest keep-alive allowed; MQTT 5 clients asking more, or 0, get this as Server "
+            "Keep Alive (MQTT 3.1.1 clients keep theirs); 0 disables the cap.",
+            lo=0,
+            hi=MQTT_MAX_U16,
+        ),
+    )
+    receive_maximum: int = field(
+        default=64,
+        metadata=_spec(
+            "int",
+            "Receive Maximum announced to MQTT 5 clients: unacknowledged QoS 1/2 commands "
+            "a client may have in flight.",
+            lo=1,
+            hi=MQTT_MAX_U16,
+        ),
+    )
+    topic_alias_maximum: int = field(
+        default=16,
+        metadata=_spec(
+            "int",
+            "Topic Alias Maximum announced to MQTT 5 clients; 0 disables topic aliases.",
+            lo=0,
+            hi=MQTT_MAX_U16,
+        ),
+    )
+    session_expiry_max: int = field(
+        default=7200,
+        metadata=_spec(
+            "seconds",
+            "Longest session expiry interval granted; a client asking more gets this.",
+            lo=0,
+            hi=MQTT_MAX_U32,
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_spec(
+            "duration",
+            "Time a new connection has to send its CONNECT before it is closed.",
+            lo=0.001,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """``[http]``: the HTTP API and metrics listener."""
+
+    listen: HostPort = field(
+        default=HostPort("127.0.0.1", 18083),
+        metadata=_spec("host:port", "Address of the HTTP API and /metrics."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``: sizes and counts that bound what one client can make ftserver hold."""
+
+    max_packet_size: int = field(
+        default=16 * MiB,
+        metadata=_spec(
+            "size",
+            "Largest MQTT packet accepted (announced as Maximum Packet Size); bounds a segment.",
+            lo=1 * KiB,
+            hi=MQTT_MAX_PACKET,
+        ),
+    )
+    max_file_size: int = field(
+        default=64 * GiB,
+        metadata=_spec(
+            "size",
+            "Largest file a transfer may produce; beyond it commands fail with file_too_large.",
+            lo=1,
+            hi=MAX_FILE_SIZE_CAP,
+        ),
+    )
+    max_inflight_responses: int = field(
+        default=32,
+        metadata=_spec(
+            "int",
+            "Response documents sent at QoS 1 to one client and not yet acknowledged; more wait.",
+            lo=1,
+            hi=MQTT_MAX_U16,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferConfig:
+    """``[transfer]``: the lifecycle of transfers (PROTOCOL.md §5)."""
+
+    assemble_timeout: float = field(
+        default=300.0,
+        metadata=_spec(
+            "duration",
+            "Longest time a synchronous fin waits for its export before it answers timeout.",
+            lo=0.001,
+        ),
+    )
+    segments_ttl_min: int = field(
+        default=300,
+        metadata=_spec(
+            "seconds",
+            "Lower clamp of a transfer's segments_ttl: an unfinished transfer is kept this long.",
+            lo=1,
+        ),
+    )
+    segments_ttl_max: int = field(
+        default=86_400,
+        metadata=_spec(
+            "seconds",
+            "Upper clamp of segments_ttl, and the TTL of a transfer that gives none.",
+            lo=1,
+        ),
+    )
+    segments_gc_interval: float = field(
+        default=3600.0,
+        metadata=_spec(
+            "duration",
+            "How often expired unfinished transfers and exports are collected.",
+            lo=0.001,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """``[storage]``: how staging data reaches the disk."""
+
+    durability: str = field(
+        default="fast",
+        metadata=_spec(
+            "choice",
+            "fast: no flush per segment, verified on recovery; sync: flush before acknowledging.",
+            choices=("fast", "sync"),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """``[export]``: where finished files go."""
+
+    kind: str = field(
+        default="local",
+        metadata=_spec(
+            "choice",
+            "Exporter: local writes <data_dir>/exports in EMQX's layout (s3 is not available yet).",
+            choices=("local",),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration: one frozen dataclass per TOML table.
+
+    Build it with :func:`load_config`; ``Config()`` gives the defaults and
+    ``dataclasses.replace`` derives variants (in tests, say).
+    """
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @staticmethod
+    def describe() -> list[KeyDoc]:
+        """Same as the module-level :func:`describe`."""
+        return describe()
+
+
+#: table name -> dataclass of that table, in declaration order
+_GROUPS: Final[dict[str, type[Any]]] = {
+    f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)
+}
+
+
+# --------------------------------------------------------------------------------------------
+# documentation
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDoc:
+    """One documented key: dotted name, kind, default as TOML text, one-line meaning, and
+    the allowed values of a ``choice``."""
+
+    key: str
+    kind: str
+    default: str
+    doc: str
+    choices: tuple[str, ...] = ()
+
+
+def _render_default(kind: str, value: Any) -> str:
+    if kind == "size":
+        return f'"{format_size(value)}"'
+    if kind in ("duration", "seconds"):
+        return f'"{format_duration(value)}"'
+    if kind == "int":
+        return str(value)
+    return f'"{value}"'
+
+
+def describe() -> list[KeyDoc]:
+    """Every configuration key in declaration order, for documentation and its test."""
+    out: list[KeyDoc] = []
+    for group, cls in _GROUPS.items():
+        for f in dataclasses.fields(cls):
+            spec: _Spec = f.metadata["spec"]
+            out.append(
+                KeyDoc(
+                    key=f"{group}.{f.name}",
+                    kind=spec.kind,
+                    default=_render_default(spec.kind, f.default),
+                    doc=spec.doc,
+                    choices=spec.choices,
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _bounded(number: float, spec: _Spec) -> None:
+    if spec.lo is not None and number < spec.lo:
+        raise ValueError(f"must be at least {_num(spec, spec.lo)}, got {_num(spec, number)}")
+    if spec.hi is not None and number > spec.hi:
+        raise ValueError(f"must be at most {_num(spec, spec.hi)}, got {_num(spec, number)}")
+
+
+def _num(spec: _Spec, number: float) -> str:
+    if spec.kind == "size":
+        return format_size(int(number))
+    if spec.kind in ("duration", "seconds"):
+        return format_duration(number)
+    return str(int(number))
+
+
+def _parse_int(value: object, from_text: bool) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _parse_seconds(value: object) -> int:
+    seconds = parse_duration(value)
+    if seconds != int(seconds):
+        raise ValueError(f"expected a whole number of seconds, got {value!r}")
+    return int(seconds)
+
+
+def _parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _parse_path(value: object) -> Path:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError(f"expected a non-empty path string, got {value!r}")
+    return Path(value)
+
+
+def _parse_host_port(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    return host_port(_parse_str(value))
+
+
+def _parse_choice(value: object, spec: _Spec, key: str) -> str:
+    text = _parse_str(value).strip().lower()
+    if text not in spec.choices:
+        if key == "export.kind" and text == "s3":
+            raise ValueError("'s3' is not supported yet; the only exporter is 'local'")
+        allowed = ", ".join(repr(c) for c in spec.choices)
+        raise ValueError(f"expected one of {allowed}, got {value!r}")
+    return text
+
+
+def _parse_value(key: str, spec: _Spec, value: object, from_text: bool) -> Any:
+    """Parse and bound one value; raise :class:`ConfigError` naming ``key``."""
+    try:
+        result: Any
+        if spec.kind == "size":
+            result = parse_size(value)
+            _bounded(result, spec)
+        elif spec.kind == "duration":
+            result = parse_duration(value)
+            _bounded(result, spec)
+        elif spec.kind == "seconds":
+            result = _parse_seconds(value)
+            _bounded(result, spec)
+        elif spec.kind == "int":
+            result = _parse_int(value, from_text)
+            _bounded(result, spec)
+        elif spec.kind == "choice":
+            result = _parse_choice(value, spec, key)
+        elif spec.kind == "path":
+            result = _parse_path(value)
+        elif spec.kind == "host:port":
+            result = _parse_host_port(value)
+        else:  # pragma: no cover - a declaration error, caught by the tests
+            raise AssertionError(f"unknown kind {spec.kind!r}")
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return result
+
+
+def _apply(groups: dict[str, dict[str, Any]], key: str, value: object, *, from_text: bool) -> None:
+    group, _, name = key.partition(".")
+    cls = _GROUPS.get(group)
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    f = fields_by_name.get(name)
+    if f is None:
+        raise ConfigError(f"{key}: unknown key")
+    groups[group][name] = _parse_value(key, f.metadata["spec"], value, from_text)
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> Config:
+    """Build the configuration: defaults, then the TOML file at ``path`` (if any), then
+    ``overrides`` (dotted keys such as ``"limits.max_file_size"``).
+
+    Raises :class:`ConfigError` for an unreadable file, invalid TOML, an unknown table or
+    key, a value of the wrong type or out of range, or inconsistent values
+    (``segments_ttl_min`` above ``segments_ttl_max``).
+    """
+    groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    if path is not None:
+        data = _from_toml(path)
+        for group, table in data.items():
+            if group not in _GROUPS:
+                raise ConfigError(f"{group}: unknown table")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{group}: expected a table [{group}], got {table!r}")
+            for name, value in table.items():
+                _apply(groups, f"{group}.{name}", value, from_text=False)
+    for key, value in (overrides or {}).items():
+        _apply(groups, key, value, from_text=True)
+    config = Config(**{name: cls(**groups[name]) for name, cls in _GROUPS.items()})
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    t = config.transfer
+    if t.segments_ttl_min > t.segments_ttl_max:
+        raise ConfigError(
+            "transfer.segments_ttl_min: must not exceed transfer.segments_ttl_max "
+            f"({format_duration(t.segments_ttl_min)} > {format_duration(t.segments_ttl_max)})"
+        )
