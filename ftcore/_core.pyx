@@ -671,6 +671,20 @@ cdef class Assembler:
             self._absorb_from_file(self._hashed, new_prefix)
         return added
 
+    def mark(self, offset, length):
+        """Record [offset, offset + length) as present: the bytes are already in the file
+        (recovery from the journal). Returns the number of new bytes."""
+        cdef uint64_t start = _check_offset(offset, "offset")
+        cdef uint64_t end = _check_offset(offset + length, "offset + length")
+        cdef uint64_t old_prefix
+        if length < 0:
+            raise ValueError("negative length")
+        old_prefix = self.ranges._prefix()
+        added = self.ranges._add(start, end)
+        if self._hashed == old_prefix:
+            self._absorb_from_file(self._hashed, self.ranges._prefix())
+        return added
+
     @property
     def hashed(self):
         """Bytes [0, hashed) have been absorbed by the rolling hash."""

@@ -418,6 +418,17 @@ class Assembler:
             self._absorb_from_file(self._hashed, new_prefix)
         return added
 
+    def mark(self, offset: int, length: int) -> int:
+        _check_offset(offset, "offset")
+        end = _check_offset(offset + length, "offset + length")
+        if length < 0:
+            raise ValueError("negative length")
+        old_prefix = self.ranges.prefix
+        added = self.ranges.add(offset, end)
+        if self._hashed == old_prefix:
+            self._absorb_from_file(self._hashed, self.ranges.prefix)
+        return added
+
     @property
     def hashed(self) -> int:
         return self._hashed

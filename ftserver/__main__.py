@@ -1,20 +1,110 @@
-"""Command line: ``ftserver`` / ``python -m ftserver``."""
+"""ftserver: file transfer over MQTT (EMQX EIP-0021 compatible) ingest server.
+
+Commands:
+  ftserver serve [options]   run the server (python -m ftserver serve is the same)
+
+Configuration comes from built-in defaults, then a TOML file (--config), then the flags;
+flags win. Every configuration key is documented in docs/configuration.md; any key can also
+be set with --set KEY=VALUE (for example --set limits.max_file_size=1GiB).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from ftserver import __version__
+from ftserver.config import ConfigError, describe, load_config
+
+#: command line flag -> configuration key
+FLAG_KEYS = {
+    "mqtt": "mqtt.listen",
+    "http": "http.listen",
+    "data": "server.data_dir",
+    "workers": "server.workers",
+    "log_level": "server.log_level",
+    "durability": "storage.durability",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ftserver",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ftserver {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keys = "\n".join(f"  {k.key} ({k.kind}, default {k.default}): {k.doc}" for k in describe())
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the MQTT file-transfer server until SIGTERM or SIGINT.",
+        epilog="configuration keys (TOML tables, or --set KEY=VALUE):\n" + keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    serve.add_argument(
+        "--mqtt",
+        metavar="HOST:PORT",
+        help="MQTT listener (default 127.0.0.1:1883; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="HTTP listener for /healthz and the API (default 127.0.0.1:18083)",
+    )
+    serve.add_argument(
+        "--data",
+        metavar="DIR",
+        help="data directory holding staging/ and exports/ (default ./ftdata)",
+    )
+    serve.add_argument(
+        "--workers", metavar="N", help="worker processes (accepted; one process is used for now)"
+    )
+    serve.add_argument(
+        "--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)"
+    )
+    serve.add_argument(
+        "--durability", metavar="MODE", help="fast (default) or sync: flush before acknowledging"
+    )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any configuration key (repeatable)",
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ftserver", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the server")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        print("ftserver serve: the MQTT server is not built yet (issue 3)", file=sys.stderr)
-        return 1
-    return 2  # pragma: no cover
+    if args.command != "serve":  # pragma: no cover - argparse allows only known commands
+        parser.error(f"unknown command {args.command!r}")
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"ftserver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ftserver: cannot read configuration: {exc}", file=sys.stderr)
+        return 2
+    from ftserver.server import run
+
+    return run(config)
 
 
 if __name__ == "__main__":

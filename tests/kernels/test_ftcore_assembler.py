@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import KERNELS
+from flavours import KERNELS
 
 
 def segments_of(data: bytes, size: int) -> list[tuple[int, bytes]]:
@@ -176,3 +176,19 @@ def test_random_orders_overlaps_and_restarts(
         else:
             assert a.gaps(size)
         a.close()
+
+
+def test_mark_records_bytes_already_in_the_file(impl: types.ModuleType, tmp_path: Path) -> None:
+    # recovery: the journal says which ranges are in the file; mark() trusts it and hashes
+    data = os.urandom(5000)
+    (tmp_path / "data").write_bytes(data)
+    with impl.Assembler(tmp_path / "data") as a:
+        assert a.mark(1000, 2000) == 2000
+        assert a.hashed == 0 and a.prefix == 0
+        assert a.mark(0, 1000) == 1000
+        assert a.hashed == a.prefix == 3000  # joined: read back and hashed
+        assert a.mark(2500, 0) == 0
+        assert a.place(3000, data[3000:]) == 2000
+        assert a.digest(5000) == hashlib.sha256(data).digest()
+        with pytest.raises(ValueError):
+            a.mark(0, -1)

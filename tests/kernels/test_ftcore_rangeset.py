@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import KERNELS
+from flavours import KERNELS
 
 
 def bitmap_gaps(present: bytearray, size: int) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import KERNELS
+from flavours import KERNELS
 
 
 def test_empty_and_known_vectors(impl: types.ModuleType) -> None:

@@ -1,0 +1,239 @@
+"""The per-transfer journal: an append-only record of what the staging data file holds.
+
+File format: the header ``FTJ1\\n``, then records, each framed as
+
+    u8 type | u32 payload length | payload | u32 CRC-32 of (type, length, payload)
+
+all little-endian. A reader stops at the first record that is truncated or fails its CRC (a
+torn tail after a crash) and the journal is cut back to the last good record.
+
+Record types:
+
+- ``RANGE`` (``offset u64, length u64, blake3 16 bytes``): bytes that were written to the data
+  file but not necessarily flushed (durability ``fast``). Recovery re-hashes them with BLAKE3
+  and drops a range whose bytes do not match, so the client resends it rather than ending up
+  with a corrupt file.
+- ``RANGE_SYNCED`` (``offset u64, length u64``): bytes flushed (fdatasync) before the record
+  was written (durability ``sync``, group commit).
+- ``CHECKPOINT`` (an ``ftcore.Assembler`` state: ranges and rolling SHA-256): written after the
+  data file was flushed, so everything it claims is on stable storage. Recovery starts from
+  the last one, so the received bytes are not read again.
+- ``EXPORTING`` (``size u64``, then the target path relative to the data directory, UTF-8):
+  written (and synced) before the data file is moved into the exports; recovery finishes an
+  export that was interrupted between the move and the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADER = b"FTJ1\n"
+_HEAD = struct.Struct("<BI")
+_CRC = struct.Struct("<I")
+_RANGE = struct.Struct("<QQ16s")
+_RANGE_SYNCED = struct.Struct("<QQ")
+_U64 = struct.Struct("<Q")
+#: a record longer than this is corruption, not data (the largest is a CHECKPOINT)
+MAX_RECORD = 64 << 20
+
+
+class Rec(enum.IntEnum):
+    RANGE = 1
+    RANGE_SYNCED = 2
+    CHECKPOINT = 3
+    EXPORTING = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    type: Rec
+    payload: bytes
+
+    def range(self) -> tuple[int, int, bytes | None]:
+        """(offset, length, blake3-16 or None) of a RANGE / RANGE_SYNCED record."""
+        if self.type is Rec.RANGE:
+            off, length, digest = _RANGE.unpack(self.payload)
+            return off, length, digest
+        off, length = _RANGE_SYNCED.unpack(self.payload)
+        return off, length, None
+
+    def exporting(self) -> tuple[int, str]:
+        (size,) = _U64.unpack_from(self.payload)
+        return size, self.payload[_U64.size :].decode("utf-8", "surrogateescape")
+
+
+def frame(rtype: Rec, payload: bytes) -> bytes:
+    head = _HEAD.pack(rtype, len(payload))
+    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+
+
+def range_record(offset: int, length: int, blake3_16: bytes | None) -> bytes:
+    if blake3_16 is None:
+        return frame(Rec.RANGE_SYNCED, _RANGE_SYNCED.pack(offset, length))
+    return frame(Rec.RANGE, _RANGE.pack(offset, length, blake3_16))
+
+
+def checkpoint_record(state: bytes) -> bytes:
+    return frame(Rec.CHECKPOINT, state)
+
+
+def exporting_record(size: int, target: str) -> bytes:
+    return frame(Rec.EXPORTING, _U64.pack(size) + target.encode("utf-8", "surrogateescape"))
+
+
+def parse(data: bytes) -> tuple[list[Record], int]:
+    """Records of a journal's bytes and the length of its valid part (header included).
+
+    Raises ValueError when the header is wrong: that file is not a journal at all.
+    """
+    if not data.startswith(HEADER):
+        raise ValueError("not an ftserver journal (bad header)")
+    out: list[Record] = []
+    pos = len(HEADER)
+    n = len(data)
+    types = {int(t): t for t in Rec}
+    while pos + _HEAD.size <= n:
+        rtype, length = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + length + _CRC.size
+        if rtype not in types or length > MAX_RECORD or end > n:
+            break
+        payload = data[pos + _HEAD.size : pos + _HEAD.size + length]
+        (crc,) = _CRC.unpack_from(data, end - _CRC.size)
+        if crc != zlib.crc32(payload, zlib.crc32(data[pos : pos + _HEAD.size])):
+            break
+        rec = Record(types[rtype], payload)
+        if rec.type in (Rec.RANGE, Rec.RANGE_SYNCED):
+            want = _RANGE.size if rec.type is Rec.RANGE else _RANGE_SYNCED.size
+            if length != want:
+                break
+        elif rec.type is Rec.EXPORTING and length < _U64.size:
+            break
+        out.append(rec)
+        pos = end
+    return out, pos
+
+
+class Journal:
+    """Appends records to one transfer's journal file.
+
+    Records are buffered by :meth:`add` and written by :meth:`write` in one ``write(2)``; the
+    caller writes before it acknowledges (a crash of the process then loses nothing it
+    acknowledged) and, in durability ``sync``, also calls :meth:`sync`.
+    """
+
+    __slots__ = ("_fd", "_pending", "path", "size")
+
+    def __init__(self, path: Path, *, valid_length: int | None = None) -> None:
+        self.path = path
+        self._pending: list[bytes] = []
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if valid_length is not None and size > valid_length:
+                os.ftruncate(fd, valid_length)  # cut a torn tail
+                size = valid_length
+            if size == 0:
+                _write_all(fd, HEADER)
+                size = len(HEADER)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.size = size
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, record: bytes) -> None:
+        self._pending.append(record)
+
+    def take(self) -> list[bytes]:
+        """Remove and return the buffered records (to write them elsewhere, or drop them)."""
+        out, self._pending = self._pending, []
+        return out
+
+    def write(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        self._append(data)
+
+    def write_records(self, records: list[bytes]) -> None:
+        """Write ``records`` now, leaving the buffer alone: a group commit writes exactly the
+        batch whose data it flushed, from its worker thread, while the event loop keeps
+        buffering newer records (whose data was not flushed) with :meth:`add`."""
+        if records:
+            self._append(b"".join(records))
+
+    def _append(self, data: bytes) -> None:
+        try:
+            _write_all(self._fd, data)
+        except OSError:
+            # a short write (disk full) left part of a record behind: cut it, or every record
+            # appended later would sit behind a torn one and be lost to the reader
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+            raise
+        self.size += len(data)
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def rewrite(self, records: list[bytes]) -> None:
+        """Replace the journal by ``records`` atomically (compaction after a checkpoint)."""
+        self.write()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            data = HEADER + b"".join(records)
+            _write_all(fd, data)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.size = len(data)
+
+
+def read_journal(path: Path) -> tuple[list[Record], int]:
+    with open(path, "rb") as f:
+        return parse(f.read())
+
+
+def iter_ranges(records: list[Record]) -> Iterator[tuple[int, int, bytes | None]]:
+    for rec in records:
+        if rec.type in (Rec.RANGE, Rec.RANGE_SYNCED):
+            yield rec.range()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # pragma: no cover - os.write raises on errors
+            raise OSError(5, "write returned 0")
+        view = view[n:]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

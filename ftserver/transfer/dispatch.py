@@ -1,0 +1,246 @@
+"""File-transfer commands: from a PUBLISH to a result (PROTOCOL.md §2–§5).
+
+This is the one boundary where ``FtError`` becomes a reason code and a response document.
+:meth:`Dispatcher.process` runs the command and returns its :class:`Outcome` at once, or a
+:class:`Deferred` when the result needs an export (fin) or must wait for one (any command for
+a transfer being exported). The connection sends the acknowledgement and asks
+:meth:`Dispatcher.respond` for the response document once the result is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftserver.errors import AssembleTimeout, FtError, InternalError, InvalidQos
+from ftserver.export.local import ExportInfo
+from ftserver.mqtt.packets import Properties, Publish
+from ftserver.mqtt.session import SessionRegistry
+from ftserver.transfer.commands import (
+    ASYNC_PREFIX,
+    SYNC_PREFIX,
+    Abort,
+    Command,
+    Fin,
+    Init,
+    Segment,
+    check_file_size,
+    check_segment_checksum,
+    parse_command,
+)
+from ftserver.transfer.meta import parse_filemeta
+from ftserver.transfer.store import TransferStore
+
+log = logging.getLogger(__name__)
+
+RESPONSE_PREFIX = "$file-response/"
+DOC_VSN = "0.1"
+
+
+@dataclass(slots=True)
+class Outcome:
+    reason_code: int
+    description: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SUCCESS = Outcome(0, "success")
+
+
+@dataclass(slots=True)
+class Deferred:
+    """A result that is not known yet.
+
+    ``ack`` is the acknowledgement to send now (async fin: 0x00 "accepted"), or None when the
+    acknowledgement itself waits for ``final`` (sync fin). ``final`` gives the result that the
+    response document (and a held acknowledgement) carries.
+    """
+
+    ack: Outcome | None
+    final: Awaitable[Outcome]
+
+
+def outcome_of(exc: FtError) -> Outcome:
+    return Outcome(exc.reason_code, exc.description, dict(exc.extra))
+
+
+def is_file_command_topic(topic: str) -> bool:
+    return topic.startswith(SYNC_PREFIX) or topic.startswith(ASYNC_PREFIX)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: TransferStore,
+        registry: SessionRegistry,
+        *,
+        max_file_size: int,
+        assemble_timeout: float,
+        observe: Callable[[str, Outcome], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.max_file_size = max_file_size
+        self.assemble_timeout = assemble_timeout
+        #: metrics hook: (command kind, outcome)
+        self.observe = observe
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def process(self, client_id: str, pub: Publish) -> Outcome | Deferred | None:
+        """Run the file-transfer command in ``pub``; None when it is not one (0x10)."""
+        if pub.qos == 0:
+            return outcome_of(InvalidQos()) if is_file_command_topic(pub.topic) else None
+        cmd: Command | None = None
+        try:
+            cmd = parse_command(pub.topic)
+            if cmd is None:
+                return None
+            result = self._run(client_id, cmd, pub.payload)
+        except FtError as exc:
+            result = outcome_of(exc)
+        except Exception:
+            log.exception("internal error handling %r from %r", pub.topic, client_id)
+            result = outcome_of(InternalError())
+        if self.observe is not None and isinstance(result, Outcome):
+            self.observe(type(cmd).__name__.lower() if cmd is not None else "invalid", result)
+        return result
+
+    def _run(
+        self, client_id: str, cmd: Command, payload: bytes | bytearray | memoryview
+    ) -> Outcome | Deferred:
+        store = self.store
+        if isinstance(cmd, Segment):
+            view = memoryview(payload)
+            check_file_size(self.max_file_size, cmd.offset, len(view))
+            if cmd.checksum is not None:
+                check_segment_checksum(cmd, view)
+            running = store.export_running(client_id, cmd.file_id)
+            if running is not None:
+                data = bytes(view)  # the receive buffer is reused before the export ends
+                return Deferred(
+                    None,
+                    self._after_export(
+                        running, lambda: self._segment(client_id, cmd, memoryview(data))
+                    ),
+                )
+            return self._segment(client_id, cmd, view)
+        if isinstance(cmd, Init):
+            meta = parse_filemeta(payload)
+            running = store.export_running(client_id, cmd.file_id)
+            if running is not None:
+                return Deferred(
+                    None, self._after_export(running, lambda: self._init(client_id, cmd, meta))
+                )
+            return self._init(client_id, cmd, meta)
+        if isinstance(cmd, Abort):
+            running = store.export_running(client_id, cmd.file_id)
+            if running is not None:
+                return Deferred(
+                    None, self._after_export(running, lambda: self._abort(client_id, cmd))
+                )
+            return self._abort(client_id, cmd)
+        assert isinstance(cmd, Fin)
+        check_file_size(self.max_file_size, cmd.size, 0)
+        running = store.export_running(client_id, cmd.file_id)
+        if running is None:
+            got = store.fin_prepare(client_id, cmd.file_id, cmd.size, cmd.checksum)
+            if isinstance(got, ExportInfo):
+                return SUCCESS
+            running = store.fin_export(got, cmd.size, cmd.checksum)
+            final = self._await_export(running, cmd)
+        else:
+            # a fin while the same transfer is exported (a retransmission, or a second fin):
+            # it shares that export, then is checked against its result like any late fin
+            final = self._after_export(running, lambda: self._late_fin(client_id, cmd))
+        if cmd.is_async:
+            return Deferred(SUCCESS, final)
+        return Deferred(None, self._with_timeout(final))
+
+    def _segment(self, client_id: str, cmd: Segment, view: memoryview) -> Outcome:
+        self.store.segment(client_id, cmd.file_id, cmd.offset, view)
+        return SUCCESS
+
+    def _init(self, client_id: str, cmd: Init, meta: Any) -> Outcome:
+        self.store.init(client_id, cmd.file_id, meta)
+        return SUCCESS
+
+    def _abort(self, client_id: str, cmd: Abort) -> Outcome:
+        self.store.abort(client_id, cmd.file_id)
+        return SUCCESS
+
+    def _late_fin(self, client_id: str, cmd: Fin) -> Outcome:
+        got = self.store.fin_prepare(client_id, cmd.file_id, cmd.size, cmd.checksum)
+        if isinstance(got, ExportInfo):
+            return SUCCESS
+        # the export failed and the transfer is still staged: this fin tries again
+        raise _Retry(self.store.fin_export(got, cmd.size, cmd.checksum))
+
+    async def _await_export(self, running: asyncio.Future[ExportInfo], cmd: Fin) -> Outcome:
+        try:
+            await asyncio.shield(running)
+        except FtError as exc:
+            result = outcome_of(exc)
+        except Exception:
+            log.exception("export of %r failed", cmd.file_id)
+            result = outcome_of(InternalError())
+        else:
+            result = SUCCESS
+        if self.observe is not None:
+            self.observe("fin", result)
+        return result
+
+    async def _after_export(
+        self, running: asyncio.Future[ExportInfo], then: Callable[[], Outcome]
+    ) -> Outcome:
+        """Wait for the running export (whatever its result), then run the command."""
+        await asyncio.wait([running])
+        try:
+            return then()
+        except _Retry as retry:
+            return await self._await_export(retry.export, Fin("", 0))
+        except FtError as exc:
+            return outcome_of(exc)
+        except Exception:
+            log.exception("internal error after an export")
+            return outcome_of(InternalError())
+
+    async def _with_timeout(self, final: Awaitable[Outcome]) -> Outcome:
+        try:
+            return await asyncio.wait_for(asyncio.shield(final), self.assemble_timeout)
+        except TimeoutError:
+            return outcome_of(AssembleTimeout())
+
+    # -- response documents ------------------------------------------------------------------
+
+    def respond(
+        self, client_id: str, topic: str, packet_id: int, properties: Properties, outcome: Outcome
+    ) -> None:
+        """Publish the response document of a processed command (PROTOCOL.md §4)."""
+        target = properties.get("response_topic") or RESPONSE_PREFIX + client_id
+        if not self.registry.has_subscribers(target):
+            return
+        doc: dict[str, Any] = {
+            "vsn": DOC_VSN,
+            "topic": topic,
+            "packet_id": packet_id,
+            "reason_code": outcome.reason_code,
+            "reason_description": outcome.description,
+        }
+        doc.update(outcome.extra)
+        props: Properties = {}
+        corr = properties.get("correlation_data")
+        if corr is not None:
+            props["correlation_data"] = corr
+        payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        self.registry.route(target, payload, props)
+
+
+class _Retry(Exception):
+    def __init__(self, export: asyncio.Future[ExportInfo]) -> None:
+        super().__init__()
+        self.export = export
