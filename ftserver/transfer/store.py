@@ -341,15 +341,18 @@ class TransferStore:
             raise StorageError.from_oserror(exc) from exc
         if self.durability == "fast":
             t.journal.add(jr.range_record(offset, n, _blake3_16(data)))
-            t.unflushed += n
-            if t.unflushed >= self.flush_bytes and t._checkpointing is None:
-                # marked in flight now, not when the task first runs: the segments that
-                # follow in the same batch must not spawn checkpoints of their own
-                t._checkpointing = asyncio.get_running_loop().create_future()
-                self._spawn(self._checkpoint(t))
         else:
             t.journal.add(jr.range_record(offset, n, None))
         self._dirty[t.key] = t
+        # a checkpoint every flush_bytes (both modes): recovery then starts from the saved
+        # rolling hash instead of re-reading the prefix, and fast mode bounds what it must
+        # re-verify (and what a fin must flush)
+        t.unflushed += n
+        if t.unflushed >= self.flush_bytes and t._checkpointing is None:
+            # marked in flight now, not when the task first runs: the segments that
+            # follow in the same batch must not spawn checkpoints of their own
+            t._checkpointing = asyncio.get_running_loop().create_future()
+            self._spawn(self._checkpoint(t))
 
     def abort(self, client_id: str, file_id: str) -> None:
         got = self.get(client_id, file_id)

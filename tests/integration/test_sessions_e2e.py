@@ -247,3 +247,71 @@ def test_sigkill_mid_transfer_then_restart(
     b.close()
     assert find_export(srv2.exports, cid, "k", "k.bin").read_bytes() == data
     assert srv2.stop() == 0
+
+
+def test_mixed_modes_and_topic_aliases(server: ServerProcess, cid: str) -> None:
+    with RawClient(server.mqtt_port) as c:
+        c.connect(cid)
+        c.subscribe(f"$file-response/{cid}")
+        c.publish(
+            "$file-async/mx/init",
+            json.dumps({"name": "mx"}).encode(),
+            properties={"topic_alias": 1},
+        )
+        # alias 1 -> the init topic again (an identical init: success)
+        c.publish("", json.dumps({"name": "mx"}).encode(), properties={"topic_alias": 1})
+        c.publish("$file/mx/0", b"hello ", properties={"topic_alias": 2})
+        c.publish("$file-async/mx/6", b"world")
+        c.publish("$file/mx/fin/11", b"")
+        acks: dict[int, int] = {}
+        docs: list[dict[str, object]] = []
+        while len(acks) < 5 or len(docs) < 5:
+            p = c.recv()
+            if isinstance(p, Puback):
+                acks[p.packet_id] = p.reason_code
+            elif isinstance(p, Publish):
+                assert p.packet_id is not None
+                c.send(codec.encode_puback(Puback(p.packet_id), 5))
+                docs.append(json.loads(p.payload))
+        assert set(acks.values()) == {0}
+        assert [d["topic"] for d in docs] == [
+            "$file-async/mx/init",
+            "$file-async/mx/init",
+            "$file/mx/0",
+            "$file-async/mx/6",
+            "$file/mx/fin/11",
+        ]
+        # an alias that was never set, and one above the maximum, are protocol errors
+        c.publish("", b"", properties={"topic_alias": 9})
+        p = c.recv()
+        assert isinstance(p, Disconnect) and p.reason_code == 0x82
+    with RawClient(server.mqtt_port) as c:
+        c.connect(cid + "b")
+        c.publish("x/y", b"", properties={"topic_alias": 1000})
+        p = c.recv()
+        assert isinstance(p, Disconnect) and p.reason_code == 0x94
+    assert find_export(server.exports, cid, "mx", "mx").read_bytes() == b"hello world"
+
+
+def test_receive_maximum_exceeded(make_server: Callable[..., ServerProcess], cid: str) -> None:
+    srv = make_server("--set", "mqtt.receive_maximum=2")
+    with RawClient(srv.mqtt_port) as c:
+        ack = c.connect(cid)
+        assert isinstance(ack, Connack) and ack.properties["receive_maximum"] == 2
+        for f in ("a", "b", "c"):
+            c.publish(f"$file/{f}/init", json.dumps({"name": f}).encode())
+            c.publish(f"$file/{f}/0", b"data")
+        # acknowledged at once: these never count against the Receive Maximum
+        for _ in range(6):
+            p = c.recv()
+            assert isinstance(p, Puback) and p.reason_code == 0
+        # three fins in one write: each is held until its export ends, the third is one too many
+        fins = [
+            codec.encode_publish(Publish(f"$file/{f}/fin/4", b"", 1, packet_id=100 + k), 5)
+            for k, f in enumerate("abc")
+        ]
+        c.send(b"".join(fins))
+        got = []
+        while (p := c.recv()) is not None:
+            got.append(p)
+        assert isinstance(got[-1], Disconnect) and got[-1].reason_code == 0x93
