@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ftserver.config import Config
+from ftserver.http.api import ApiContext, build_app
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import SessionRegistry
 from ftserver.transfer.dispatch import Dispatcher
@@ -95,8 +96,7 @@ class Server:
         ]
 
     async def _start_http(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
+        app = build_app(ApiContext(self.config, self.data_dir))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         listen = self.config.http.listen
@@ -105,9 +105,6 @@ class Server:
         self._http = runner
         addr = runner.addresses[0]
         self.http_address = (str(addr[0]), int(addr[1]))
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def _every(self, interval: float, job: object) -> None:
         while True:
