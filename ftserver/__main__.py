@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory holding staging/ and exports/ (default ./ftdata)",
     )
     serve.add_argument(
-        "--workers", metavar="N", help="worker processes (accepted; one process is used for now)"
+        "--workers",
+        metavar="N",
+        help="worker processes (0: one per core; 1: one process)",
     )
     serve.add_argument(
         "--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)"
@@ -80,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["_worker"]:  # internal: a worker process started by the supervisor
+        from ftserver.worker import main as worker_main
+
+        return worker_main()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command != "serve":  # pragma: no cover - argparse allows only known commands
         parser.error(f"unknown command {args.command!r}")
     overrides: dict[str, object] = {}
@@ -102,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ftserver: cannot read configuration: {exc}", file=sys.stderr)
         return 2
-    from ftserver.server import run
+    from ftserver.server import ConfigSource, run
 
-    return run(config)
+    source = ConfigSource(str(args.config) if args.config else None, overrides)
+    return run(config, source)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The server process: listeners, housekeeping, clean shutdown.
+"""The MQTT-serving process: listener, store, sessions, housekeeping, clean shutdown.
 
-One process today (``--workers`` is accepted; the multi-process supervisor is issue 4). It
-owns the MQTT listener, the HTTP listener (``/healthz`` for now), the transfer store and the
-session registry, and runs two periodic jobs: closing idle transfers (their state stays on
-disk) and collecting expired ones.
+With ``--workers 1`` this is the whole server (MQTT and HTTP in one process). With more, the
+supervisor (``ftserver.supervisor``) runs N of these as workers: each binds the MQTT port with
+SO_REUSEPORT, serves no HTTP, and talks to the supervisor through a bridge
+(``ftserver.worker``). Periodic jobs: closing idle transfers (their state stays on disk) and
+collecting expired ones.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import contextlib
 import logging
 import os
 import resource
+import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -22,9 +25,9 @@ from aiohttp import web
 from ftserver.config import Config
 from ftserver.http.api import ApiContext, build_app
 from ftserver.mqtt.connection import MqttConnection, ServerContext
-from ftserver.mqtt.session import SessionRegistry
+from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.transfer.dispatch import Dispatcher
-from ftserver.transfer.store import TransferStore
+from ftserver.transfer.store import StoreHooks, TransferStore
 
 log = logging.getLogger("ftserver")
 
@@ -32,6 +35,8 @@ log = logging.getLogger("ftserver")
 HOUSEKEEPING_INTERVAL = 5.0
 #: a transfer untouched for this long is closed
 IDLE_CLOSE = 60.0
+#: how often the hot-path counters are moved into the prometheus metrics
+METRICS_INTERVAL = 1.0
 #: how long a shutdown waits for running exports (held fins) before closing connections
 SHUTDOWN_GRACE = 10.0
 
@@ -45,11 +50,22 @@ def raise_fd_limit() -> None:
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        worker_id: int | None = None,
+        mqtt_port: int | None = None,
+        bridge: Bridge | None = None,
+    ) -> None:
         self.config = config
+        self.registry = SessionRegistry()
+        #: None for a single-process server; else this worker's number
+        self.worker_id = worker_id
+        self._mqtt_port = config.mqtt.listen.port if mqtt_port is None else mqtt_port
+        self.registry.bridge = bridge
         self.data_dir = Path(config.server.data_dir)
         self.store: TransferStore | None = None
-        self.registry = SessionRegistry()
         self.ctx: ServerContext | None = None
         self._mqtt: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -62,33 +78,45 @@ class Server:
         cfg = self.config
         raise_fd_limit()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        from ftserver import metrics  # only now: the multiprocess setting is in the env
+
+        self.meter = meter = metrics.Meter(str(self.worker_id or 0))
         self.store = TransferStore(
             self.data_dir,
             durability="sync" if cfg.storage.durability == "sync" else "fast",
             ttl_min=cfg.transfer.segments_ttl_min,
             ttl_max=cfg.transfer.segments_ttl_max,
             idle_close=IDLE_CLOSE,
+            hooks=_StoreMetrics(),
         )
         dispatcher = Dispatcher(
             self.store,
             self.registry,
             max_file_size=cfg.limits.max_file_size,
             assemble_timeout=cfg.transfer.assemble_timeout,
+            observe=meter.command,
         )
-        self.ctx = ServerContext(cfg, self.registry, dispatcher)
+        dispatcher.on_fin = meter.fin
+        dispatcher.on_segment_time = metrics.SEGMENT_SECONDS.observe
+        dispatcher.sample_every = metrics.SEGMENT_SAMPLE
+        self.registry.on_delivered = meter.delivered
+        self.ctx = ServerContext(cfg, self.registry, dispatcher, on_event=meter.event)
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         self._mqtt = await loop.create_server(
             lambda: MqttConnection(ctx),
             cfg.mqtt.listen.host,
-            cfg.mqtt.listen.port,
+            self._mqtt_port,
             reuse_address=True,
+            reuse_port=self.worker_id is not None,
             backlog=1024,
         )
         sock = self._mqtt.sockets[0].getsockname()
         self.mqtt_address = (sock[0], sock[1])
-        await self._start_http()
+        if self.worker_id is None:
+            await self._start_http()
         self._jobs = [
+            asyncio.create_task(self._every(METRICS_INTERVAL, self._flush_metrics)),
             asyncio.create_task(self._every(HOUSEKEEPING_INTERVAL, self._housekeeping)),
             asyncio.create_task(
                 self._every(cfg.transfer.segments_gc_interval, self._collect_garbage)
@@ -96,7 +124,10 @@ class Server:
         ]
 
     async def _start_http(self) -> None:
+        from ftserver import metrics
+
         app = build_app(ApiContext(self.config, self.data_dir))
+        app.router.add_get("/metrics", metrics.http_handler(metrics.DiskStats(self.data_dir)))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         listen = self.config.http.listen
@@ -114,6 +145,12 @@ class Server:
             except Exception:
                 log.exception("periodic job failed")
 
+    def _flush_metrics(self) -> None:
+        assert self.ctx is not None
+        self.meter.received_bytes += self.ctx.dispatcher.received_bytes
+        self.ctx.dispatcher.received_bytes = 0
+        self.meter.flush()
+
     def _housekeeping(self) -> None:
         assert self.store is not None
         self.store.close_idle()
@@ -122,6 +159,9 @@ class Server:
         assert self.store is not None
         removed = self.store.collect_garbage()
         if removed:
+            from ftserver import metrics
+
+            metrics.TRANSFERS_EXPIRED.inc(removed)
             log.info("collected %d expired unfinished transfer(s)", removed)
 
     def request_stop(self) -> None:
@@ -148,6 +188,8 @@ class Server:
                 conn.shutdown()
         if self.store is not None:
             await self.store.close()
+        if self.ctx is not None:
+            self._flush_metrics()
         if self._mqtt is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._mqtt.wait_closed(), 2.0)
@@ -156,21 +198,65 @@ class Server:
         log.info("stopped")
 
 
-def run(config: Config) -> int:
-    """Run the server until SIGTERM or SIGINT; returns the exit status."""
+class _StoreMetrics(StoreHooks):
+    def started(self) -> None:
+        from ftserver import metrics
+
+        metrics.TRANSFERS_STARTED.inc()
+
+    def aborted(self) -> None:
+        from ftserver import metrics
+
+        metrics.TRANSFERS_ABORTED.inc()
+
+    def exported(self, size: int, seconds: float) -> None:
+        from ftserver import metrics
+
+        metrics.TRANSFERS_COMPLETED.inc()
+        metrics.EXPORTED_BYTES.inc(size)
+        metrics.EXPORT_SECONDS.observe(seconds)
+
+
+def setup_logging(config: Config, name: str = "") -> None:
+    tag = f" [{name}]" if name else ""
     logging.basicConfig(
         level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
-    if os.environ.get("FTSERVER_EVENT_LOOP", "uvloop") == "asyncio":
-        runner = asyncio.Runner()  # the tests run the server on both loops
-    else:
-        import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    with runner:
-        return runner.run(_main(config))
+
+def new_runner() -> asyncio.Runner:
+    """An event-loop runner on uvloop (``FTSERVER_EVENT_LOOP=asyncio`` selects asyncio's own
+    loop: the tests run the server on both)."""
+    if os.environ.get("FTSERVER_EVENT_LOOP", "uvloop") == "asyncio":
+        return asyncio.Runner()
+    import uvloop
+
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def run(config: Config, source: ConfigSource) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit status.
+
+    ``source`` (the config file and overrides) lets worker processes load the same
+    configuration.
+    """
+    setup_logging(config)
+    workers = config.server.worker_count
+    if workers > 1:
+        # prometheus-client's multiprocess mode: chosen by the environment before its first
+        # import, in this process and in every worker (they inherit the variable)
+        mdir = Path(config.server.data_dir) / "run" / "metrics"
+        shutil.rmtree(mdir, ignore_errors=True)
+        mdir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir.absolute())
+    with new_runner() as runner:
+        if workers <= 1:
+            return runner.run(_main(config))
+        from ftserver.supervisor import Supervisor
+
+        return runner.run(Supervisor(config, source).run())
 
 
 async def _main(config: Config) -> int:
@@ -184,19 +270,26 @@ async def _main(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     assert server.mqtt_address is not None and server.http_address is not None
-    if config.server.workers not in (0, 1):
-        log.warning(
-            "--workers %d: multiple worker processes are not implemented yet; running one",
-            config.server.workers,
-        )
-    # one parseable line per listener (tests and scripts read the ports from here)
-    print(f"ftserver: mqtt listening on {_fmt(server.mqtt_address)}", flush=True)
-    print(f"ftserver: http listening on {_fmt(server.http_address)}", flush=True)
-    print(f"ftserver: data directory {server.data_dir.absolute()}", flush=True)
+    announce(server.mqtt_address, server.http_address, server.data_dir)
     await server.serve_until_stopped()
     return 0
+
+
+def announce(mqtt: tuple[str, int], http: tuple[str, int], data_dir: Path) -> None:
+    """One parseable line per listener (tests and scripts read the ports from here)."""
+    print(f"ftserver: mqtt listening on {_fmt(mqtt)}", flush=True)
+    print(f"ftserver: http listening on {_fmt(http)}", flush=True)
+    print(f"ftserver: data directory {data_dir.absolute()}", flush=True)
 
 
 def _fmt(addr: tuple[str, int]) -> str:
     host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
     return f"{host}:{addr[1]}"
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the configuration came from, so that a worker process can load it again."""
+
+    path: str | None
+    overrides: dict[str, object]

@@ -39,7 +39,14 @@ from ftserver.mqtt.packets import (
     Unsuback,
     Unsubscribe,
 )
-from ftserver.mqtt.session import NEVER_EXPIRES, Message, Session, SessionRegistry, Subscription
+from ftserver.mqtt.session import (
+    NEVER_EXPIRES,
+    Bridge,
+    Message,
+    Session,
+    SessionRegistry,
+    Subscription,
+)
 from ftserver.mqtt.spec import MQTT_V5, ReasonCode
 from ftserver.transfer.dispatch import (
     RESPONSE_PREFIX,
@@ -109,6 +116,7 @@ class MqttConnection(asyncio.BufferedProtocol):
         self._last_rx = 0.0
         self._aliases: dict[int, str] = {}
         self._held = 0
+        self._connecting = False
         self._client_receive_maximum = DEFAULT_CLIENT_RECEIVE_MAXIMUM
         self._client_max_packet = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,9 +143,13 @@ class MqttConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.decoder.buffer_updated(nbytes)
         self._last_rx = self.loop.time()
+        self._process()
+
+    def _process(self) -> None:
+        """Handle every complete packet buffered (stopping while a CONNECT is pending)."""
         decoder = self.decoder
         try:
-            while not self.closed:
+            while not self.closed and not self._connecting:
                 packet = decoder.next_packet()
                 if packet is None:
                     break
@@ -271,7 +283,6 @@ class MqttConnection(asyncio.BufferedProtocol):
             self._send(codec.encode_connack(connack, level))
 
     def _on_connect(self, p: Connect) -> None:
-        cfg = self.ctx.config
         level = self.level = p.protocol_level
         if self._timer is not None:
             self._timer.cancel()
@@ -296,11 +307,52 @@ class MqttConnection(asyncio.BufferedProtocol):
             self.close()
             return
         self.client_id = client_id
+        bridge = self.ctx.registry.bridge
+        if bridge is None:
+            self._finish_connect(p, assigned, None)
+            return
+        # the supervisor must make this worker the only place the client id lives (taking it
+        # over from another worker if need be) before the CONNACK; nothing after the CONNECT
+        # is processed until then
+        self._connecting = True
+        self._pause("connect")
+        self._spawn(self._claim_then_connect(bridge, p, assigned))
+
+    async def _claim_then_connect(self, bridge: Bridge, p: Connect, assigned: bool) -> None:
+        try:
+            blob = await bridge.claim(self.client_id)
+        except Exception as exc:
+            log.warning("%s (%s): session registry unavailable: %s", self.peer, self.client_id, exc)
+            self._connack(Connack(False, R.SERVER_UNAVAILABLE), self.level)
+            self.close()
+            return
+        if self.closed:
+            # the client left while we waited: keep what we were handed, then let go of it
+            if blob is not None and not p.clean_start:
+                self.ctx.registry.adopt(blob)
+                session = self.ctx.registry.sessions[self.client_id]
+                session.connection = self
+                self.ctx.registry.detach(session, self)
+            else:
+                bridge.released(self.client_id)
+            return
+        self._finish_connect(p, assigned, blob)
+        self._connecting = False
+        self._resume("connect")
+        self._process()
+
+    def _finish_connect(self, p: Connect, assigned: bool, blob: dict[str, Any] | None) -> None:
+        cfg = self.ctx.config
+        level = self.level
+        props = p.properties
+        client_id = self.client_id
         if level == MQTT_V5:
             requested = props.get("session_expiry_interval", 0)
         else:
             requested = 0 if p.clean_start else NEVER_EXPIRES
         expiry = min(requested, cfg.mqtt.session_expiry_max)
+        if blob is not None and not p.clean_start:
+            self.ctx.registry.adopt(blob)  # the session comes from another worker
         session, present = self.ctx.registry.attach(client_id, self, p.clean_start)
         self.session = session
         session.expiry_interval = expiry
@@ -332,6 +384,7 @@ class MqttConnection(asyncio.BufferedProtocol):
         for pid, message in list(session.inflight.items()):
             self._send_message(pid, message, dup=True)
         self._drain_queue()
+        self._flush()
 
     def _on_disconnect(self, p: Disconnect) -> None:
         if self.session is not None and self.level == MQTT_V5:

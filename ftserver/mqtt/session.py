@@ -12,11 +12,12 @@ small: a document goes to every session with a matching subscription, online or 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ftserver.mqtt.packets import Properties, SubscriptionOptions
 
@@ -26,6 +27,30 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 1000
 #: session expiry interval meaning "never expires" (MQTT 5 §3.1.2.11.2)
 NEVER_EXPIRES = 0xFFFFFFFF
+
+
+class Bridge(Protocol):
+    """The way out of this worker process: the supervisor's view of every worker.
+
+    A worker with a bridge tells the supervisor which topic filters its sessions subscribe to
+    (so documents published elsewhere reach them), forwards documents whose subscribers are
+    elsewhere, and gives up a client identifier when its session ends.
+    """
+
+    def filter_added(self, topic_filter: str) -> None: ...
+
+    def filter_removed(self, topic_filter: str) -> None: ...
+
+    def matches_remote(self, topic: str) -> bool: ...
+
+    def route_remote(self, topic: str, payload: bytes, properties: Properties) -> None: ...
+
+    def released(self, client_id: str) -> None: ...
+
+    async def claim(self, client_id: str) -> dict[str, Any] | None:
+        """Make this worker the client's only home; returns the session another worker
+        handed over, if any."""
+        ...
 
 
 class Attached(Protocol):
@@ -126,7 +151,11 @@ class SessionRegistry:
         self._exact: dict[str, set[str]] = {}
         #: client ids with at least one wildcard filter
         self._wild: set[str] = set()
-        self.on_drop: Callable[[Message], None] | None = None
+        #: how many local sessions subscribe to each filter (what the bridge is told)
+        self._filter_count: dict[str, int] = {}
+        self.bridge: Bridge | None = None
+        #: metrics hook: how many sessions a document was delivered to
+        self.on_delivered: Callable[[int], None] | None = None
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -175,18 +204,52 @@ class SessionRegistry:
             log.debug("session %r expired", session.client_id)
             self.discard(session)
 
-    def discard(self, session: Session) -> None:
+    def discard(self, session: Session, *, release: bool = True) -> None:
+        """Forget a session; ``release`` tells the supervisor the client id is free."""
         for topic_filter in list(session.subscriptions):
             self.unsubscribe(session, topic_filter)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            if release and self.bridge is not None:
+                self.bridge.released(session.client_id)
         if session._expiry_handle is not None:
             session._expiry_handle.cancel()
             session._expiry_handle = None
 
+    def hand_over(self, client_id: str) -> dict[str, Any] | None:
+        """Another worker takes this client over: close its connection (0x8E) and give up
+        its session, returned in serialised form (None when there is none)."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        conn = session.connection
+        session.connection = None
+        if conn is not None:
+            conn.close_for_takeover()
+        blob = session_to_blob(session)
+        self.discard(session, release=False)
+        return blob
+
+    def adopt(self, blob: dict[str, Any]) -> Session:
+        """Install a session handed over by another worker (before a connection attaches)."""
+        session = session_from_blob(blob)
+        old = self.sessions.get(session.client_id)
+        if old is not None:
+            self.discard(old, release=False)
+        self.sessions[session.client_id] = session
+        subs, session.subscriptions = session.subscriptions, {}
+        for topic_filter, sub in subs.items():
+            self.subscribe(session, topic_filter, sub)
+        return session
+
     # -- subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, session: Session, topic_filter: str, sub: Subscription) -> None:
+        if topic_filter not in session.subscriptions:
+            n = self._filter_count.get(topic_filter, 0)
+            self._filter_count[topic_filter] = n + 1
+            if n == 0 and self.bridge is not None:
+                self.bridge.filter_added(topic_filter)
         session.subscriptions[topic_filter] = sub
         if "+" in topic_filter or "#" in topic_filter:
             self._wild.add(session.client_id)
@@ -196,6 +259,11 @@ class SessionRegistry:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
+        n = self._filter_count.pop(topic_filter, 1) - 1
+        if n:
+            self._filter_count[topic_filter] = n
+        elif self.bridge is not None:
+            self.bridge.filter_removed(topic_filter)
         ids = self._exact.get(topic_filter)
         if ids is not None:
             ids.discard(session.client_id)
@@ -209,6 +277,8 @@ class SessionRegistry:
         """Cheap test before building a document nobody would receive."""
         if topic in self._exact:
             return True
+        if self.bridge is not None and self.bridge.matches_remote(topic):
+            return True
         for cid in self._wild:
             s = self.sessions.get(cid)
             if s is not None and any(topic_matches(f, topic) for f in s.subscriptions):
@@ -216,7 +286,14 @@ class SessionRegistry:
         return False
 
     def route(self, topic: str, payload: bytes, properties: Properties) -> int:
-        """Deliver a QoS 1 document to every matching session; returns how many got it."""
+        """Deliver a QoS 1 document to every matching session, here and (through the
+        bridge) in other workers; returns how many local sessions got it."""
+        if self.bridge is not None and self.bridge.matches_remote(topic):
+            self.bridge.route_remote(topic, payload, properties)
+        return self.route_local(topic, payload, properties)
+
+    def route_local(self, topic: str, payload: bytes, properties: Properties) -> int:
+        """Deliver to the sessions of this process only."""
         targets: dict[str, list[Subscription]] = {}
         for cid in self._exact.get(topic, ()):
             s = self.sessions.get(cid)
@@ -242,4 +319,82 @@ class SessionRegistry:
                 conn.deliver(message)
             elif qos:
                 session.enqueue(message)
+        if targets and self.on_delivered is not None:
+            self.on_delivered(len(targets))
         return len(targets)
+
+
+# -- hand-over between worker processes --------------------------------------------------------
+
+_BYTES_PROPS = ("correlation_data",)
+
+
+def props_to_json(props: Properties) -> dict[str, Any]:
+    out: dict[str, Any] = dict(props)
+    for key in _BYTES_PROPS:
+        if key in out:
+            out[key] = base64.b64encode(out[key]).decode()
+    return out
+
+
+def props_from_json(obj: dict[str, Any]) -> Properties:
+    out = dict(obj)
+    for key in _BYTES_PROPS:
+        if key in out:
+            out[key] = base64.b64decode(out[key])
+    if "user_properties" in out:
+        out["user_properties"] = [tuple(p) for p in out["user_properties"]]
+    return out  # type: ignore[return-value]
+
+
+def _message_to_json(m: Message) -> dict[str, Any]:
+    return {
+        "topic": m.topic,
+        "payload": base64.b64encode(m.payload).decode(),
+        "qos": m.qos,
+        "properties": props_to_json(m.properties),
+    }
+
+
+def _message_from_json(obj: dict[str, Any]) -> Message:
+    return Message(
+        obj["topic"],
+        base64.b64decode(obj["payload"]),
+        obj["qos"],
+        props_from_json(obj["properties"]),
+    )
+
+
+def session_to_blob(s: Session) -> dict[str, Any]:
+    """A session as JSON-able data, for the supervisor to hand to another worker."""
+    return {
+        "client_id": s.client_id,
+        "expiry_interval": s.expiry_interval,
+        "next_packet_id": s.next_packet_id,
+        "subscriptions": [
+            [
+                f,
+                sub.options.qos,
+                sub.options.no_local,
+                sub.options.retain_as_published,
+                sub.options.retain_handling,
+                sub.identifier,
+            ]
+            for f, sub in s.subscriptions.items()
+        ],
+        "queue": [_message_to_json(m) for m in s.queue],
+        "inflight": [[pid, _message_to_json(m)] for pid, m in s.inflight.items()],
+        "qos2_received": [[pid, rc] for pid, rc in s.qos2_received.items() if rc is not None],
+    }
+
+
+def session_from_blob(blob: dict[str, Any]) -> Session:
+    s = Session(blob["client_id"])
+    s.expiry_interval = blob["expiry_interval"]
+    s.next_packet_id = blob["next_packet_id"]
+    for f, qos, nl, rap, rh, ident in blob["subscriptions"]:
+        s.subscriptions[f] = Subscription(SubscriptionOptions(qos, nl, rap, rh), ident)
+    s.queue.extend(_message_from_json(m) for m in blob["queue"])
+    s.inflight = {pid: _message_from_json(m) for pid, m in blob["inflight"]}
+    s.qos2_received = {pid: rc for pid, rc in blob["qos2_received"]}
+    return s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from ftserver.transfer.commands import (
     parse_command,
 )
 from ftserver.transfer.meta import parse_filemeta
-from ftserver.transfer.store import TransferStore
+from ftserver.transfer.store import TransferBusy, TransferStore
 
 log = logging.getLogger(__name__)
 
@@ -88,26 +89,59 @@ class Dispatcher:
         self.assemble_timeout = assemble_timeout
         #: metrics hook: (command kind, outcome)
         self.observe = observe
+        #: metrics hook: (seconds from arrival to result, outcome) of every fin
+        self.on_fin: Callable[[float, Outcome], None] | None = None
+        #: metrics hook: seconds to handle a segment, for one segment in ``sample_every``
+        self.on_segment_time: Callable[[float], None] | None = None
+        self.sample_every = 32
+        self._sample = 0
+        #: segment bytes stored so far (read by the metrics flush)
+        self.received_bytes = 0
 
     # -- commands ----------------------------------------------------------------------------
 
     def process(self, client_id: str, pub: Publish) -> Outcome | Deferred | None:
         """Run the file-transfer command in ``pub``; None when it is not one (0x10)."""
         if pub.qos == 0:
-            return outcome_of(InvalidQos()) if is_file_command_topic(pub.topic) else None
+            if not is_file_command_topic(pub.topic):
+                return None
+            invalid = outcome_of(InvalidQos())
+            if self.observe is not None:
+                self.observe("invalid_qos", invalid)
+            return invalid
         cmd: Command | None = None
+        result: Outcome | Deferred
         try:
             cmd = parse_command(pub.topic)
             if cmd is None:
                 return None
-            result = self._run(client_id, cmd, pub.payload)
+            self._sample += 1
+            if self._sample >= self.sample_every and self.on_segment_time is not None:
+                self._sample = 0
+                if isinstance(cmd, Segment):
+                    t0 = time.perf_counter()
+                    result = self._run(client_id, cmd, pub.payload)
+                    self.on_segment_time(time.perf_counter() - t0)
+                else:
+                    result = self._run(client_id, cmd, pub.payload)
+            else:
+                result = self._run(client_id, cmd, pub.payload)
+        except TransferBusy:
+            assert cmd is not None
+            # open in another worker process (the client's previous one, still exporting or
+            # handing it over): wait for it to let go, then run the command here
+            payload = bytes(pub.payload)  # the receive buffer is reused meanwhile
+            result = Deferred(None, self._when_free(client_id, cmd, payload))
         except FtError as exc:
             result = outcome_of(exc)
         except Exception:
             log.exception("internal error handling %r from %r", pub.topic, client_id)
             result = outcome_of(InternalError())
-        if self.observe is not None and isinstance(result, Outcome):
-            self.observe(type(cmd).__name__.lower() if cmd is not None else "invalid", result)
+        if isinstance(result, Outcome):
+            if self.observe is not None:
+                self.observe(type(cmd).__name__.lower() if cmd is not None else "invalid", result)
+            if isinstance(cmd, Fin) and self.on_fin is not None:
+                self.on_fin(0.0, result)
         return result
 
     def _run(
@@ -152,7 +186,7 @@ class Dispatcher:
             if isinstance(got, ExportInfo):
                 return SUCCESS
             running = store.fin_export(got, cmd.size, cmd.checksum)
-            final = self._await_export(running, cmd)
+            final = self._await_export(running, cmd, time.perf_counter())
         else:
             # a fin while the same transfer is exported (a retransmission, or a second fin):
             # it shares that export, then is checked against its result like any late fin
@@ -163,6 +197,7 @@ class Dispatcher:
 
     def _segment(self, client_id: str, cmd: Segment, view: memoryview) -> Outcome:
         self.store.segment(client_id, cmd.file_id, cmd.offset, view)
+        self.received_bytes += len(view)
         return SUCCESS
 
     def _init(self, client_id: str, cmd: Init, meta: Any) -> Outcome:
@@ -180,7 +215,9 @@ class Dispatcher:
         # the export failed and the transfer is still staged: this fin tries again
         raise _Retry(self.store.fin_export(got, cmd.size, cmd.checksum))
 
-    async def _await_export(self, running: asyncio.Future[ExportInfo], cmd: Fin) -> Outcome:
+    async def _await_export(
+        self, running: asyncio.Future[ExportInfo], cmd: Fin, started: float
+    ) -> Outcome:
         try:
             await asyncio.shield(running)
         except FtError as exc:
@@ -192,6 +229,8 @@ class Dispatcher:
             result = SUCCESS
         if self.observe is not None:
             self.observe("fin", result)
+        if self.on_fin is not None:
+            self.on_fin(time.perf_counter() - started, result)
         return result
 
     async def _after_export(
@@ -202,12 +241,34 @@ class Dispatcher:
         try:
             return then()
         except _Retry as retry:
-            return await self._await_export(retry.export, Fin("", 0))
+            return await self._await_export(retry.export, Fin("", 0), time.perf_counter())
         except FtError as exc:
             return outcome_of(exc)
         except Exception:
             log.exception("internal error after an export")
             return outcome_of(InternalError())
+
+    async def _when_free(self, client_id: str, cmd: Command, payload: bytes) -> Outcome:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.assemble_timeout
+        delay = 0.005
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            try:
+                result = self._run(client_id, cmd, payload)
+            except TransferBusy:
+                if loop.time() >= deadline:
+                    return outcome_of(AssembleTimeout())
+                continue
+            except FtError as exc:
+                return outcome_of(exc)
+            except Exception:
+                log.exception("internal error handling %r for %r", cmd, client_id)
+                return outcome_of(InternalError())
+            if isinstance(result, Outcome):
+                return result
+            return await result.final
 
     async def _with_timeout(self, final: Awaitable[Outcome]) -> Outcome:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -69,10 +70,12 @@ class Transfer:
         "_checkpointing",
         "asm",
         "client_id",
+        "close_after_export",
         "dir",
         "file_id",
         "journal",
         "last_activity",
+        "lock_fd",
         "meta",
         "unflushed",
     )
@@ -85,6 +88,7 @@ class Transfer:
         asm: ftcore.Assembler,
         journal: jr.Journal,
         meta: FileMeta | None,
+        lock_fd: int,
     ) -> None:
         self.client_id = client_id
         self.file_id = file_id
@@ -96,6 +100,10 @@ class Transfer:
         #: bytes written since the last flush (fast durability)
         self.unflushed = 0
         self._checkpointing: asyncio.Future[None] | None = None
+        #: the lock on the staging directory: the transfer is open in this process only
+        self.lock_fd = lock_fd
+        #: the client went to another worker: close this transfer once its export ends
+        self.close_after_export = False
 
     @property
     def key(self) -> Key:
@@ -105,13 +113,59 @@ class Transfer:
     def data_path(self) -> Path:
         return self.dir / "data"
 
-    def close(self) -> None:
+    def close(self, *, unlock: bool = True) -> None:
         with contextlib.suppress(OSError):
             self.journal.write()
         self.journal.close()
         self.asm.close()
         with contextlib.suppress(OSError):
             os.utime(self.journal.path, (self.last_activity, self.last_activity))
+        if unlock:
+            self.unlock()
+
+    def unlock(self) -> None:
+        fd, self.lock_fd = self.lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class StoreHooks:
+    """What the store reports (to metrics); the defaults do nothing."""
+
+    def started(self) -> None:
+        """A transfer's init metadata was stored for the first time."""
+
+    def aborted(self) -> None:
+        """A staged transfer was discarded by abort."""
+
+    def exported(self, size: int, seconds: float) -> None:
+        """A file was exported."""
+
+
+class TransferBusy(Exception):
+    """The transfer is open in another process (a worker that had the client before, or one
+    still exporting it): retry once that process lets go of it."""
+
+
+class _Gone(Exception):
+    """The staging directory was removed while we waited for its lock."""
+
+
+def lock_dir(d: Path) -> int:
+    """Lock a staging directory for this process (flock, released when the fd closes, also
+    when the process dies). Raises TransferBusy or _Gone."""
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_nlink == 0:
+            raise _Gone()
+    except BlockingIOError:
+        os.close(fd)
+        raise TransferBusy() from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class TransferStore:
@@ -128,6 +182,7 @@ class TransferStore:
         idle_close: float = 60.0,
         exporter: LocalExporter | None = None,
         on_exported: Callable[[ExportInfo], None] | None = None,
+        hooks: StoreHooks | None = None,
     ) -> None:
         self.staging = data_dir / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -139,6 +194,7 @@ class TransferStore:
         self.ttl_max = ttl_max
         self.idle_close = idle_close
         self.on_exported = on_exported
+        self.hooks = hooks or StoreHooks()
         self._open: dict[Key, Transfer] = {}
         self._exported: OrderedDict[Key, ExportInfo] = OrderedDict()
         self._exports: dict[Key, asyncio.Future[ExportInfo]] = {}
@@ -162,7 +218,10 @@ class TransferStore:
             return info
         d = self.staging_dir(client_id, file_id)
         if d.is_dir():
-            return self._recover(client_id, file_id, d)
+            try:
+                return self._recover(client_id, file_id, d)
+            except _Gone:
+                pass  # exported or aborted by the process that had it: look again
         info = self.exporter.lookup(client_id, file_id)
         if info is not None:
             self._remember_export(info)
@@ -178,12 +237,24 @@ class TransferStore:
     def _create(self, client_id: str, file_id: str) -> Transfer:
         d = self.staging_dir(client_id, file_id)
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            asm = ftcore.Assembler(d / "data")
+            for _attempt in range(3):
+                d.mkdir(parents=True, exist_ok=True)
+                try:
+                    lock = lock_dir(d)
+                except _Gone:
+                    continue  # removed between mkdir and lock: make it again
+                break
+            else:
+                raise TransferBusy()
             try:
-                journal = jr.Journal(d / "journal")
+                asm = ftcore.Assembler(d / "data")
+                try:
+                    journal = jr.Journal(d / "journal")
+                except BaseException:
+                    asm.close()
+                    raise
             except BaseException:
-                asm.close()
+                os.close(lock)
                 raise
             if self.durability == "sync":
                 journal.sync()
@@ -191,12 +262,25 @@ class TransferStore:
                     jr.fsync_dir(p)
         except OSError as exc:
             raise StorageError.from_oserror(exc) from exc
-        t = Transfer(client_id, file_id, d, asm, journal, None)
+        t = Transfer(client_id, file_id, d, asm, journal, None, lock)
         self._open[t.key] = t
         return t
 
     def _recover(self, client_id: str, file_id: str, d: Path) -> Transfer | ExportInfo | None:
         """Open a transfer from its staging directory (after a restart, handover or close)."""
+        lock = lock_dir(d)
+        try:
+            result = self._recover_locked(client_id, file_id, d, lock)
+        except BaseException:
+            os.close(lock)
+            raise
+        if not isinstance(result, Transfer):
+            os.close(lock)
+        return result
+
+    def _recover_locked(
+        self, client_id: str, file_id: str, d: Path, lock: int
+    ) -> Transfer | ExportInfo | None:
         try:
             records, valid = jr.read_journal(d / "journal")
         except FileNotFoundError:
@@ -253,7 +337,7 @@ class TransferStore:
                 file_id,
                 dropped,
             )
-        t = Transfer(client_id, file_id, d, asm, journal, meta)
+        t = Transfer(client_id, file_id, d, asm, journal, meta, lock)
         with contextlib.suppress(OSError):
             t.last_activity = os.stat(d / "journal").st_mtime
         self._open[t.key] = t
@@ -310,6 +394,7 @@ class TransferStore:
         except OSError as exc:
             raise StorageError.from_oserror(exc) from exc
         t.meta = meta
+        self.hooks.started()
 
     def _write_meta(self, d: Path, meta: FileMeta) -> None:
         tmp = d / "meta.tmp"
@@ -359,13 +444,15 @@ class TransferStore:
         if got is None or isinstance(got, ExportInfo):
             return  # nothing staged; an export is deleted through the HTTP API only
         self._discard(got)
+        self.hooks.aborted()
 
     def _discard(self, t: Transfer) -> None:
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         t.journal.take()
-        t.close()
+        t.close(unlock=False)
         shutil.rmtree(t.dir, ignore_errors=True)
+        t.unlock()  # only now: nobody may lock a directory that is being removed
 
     def fin_prepare(
         self, client_id: str, file_id: str, size: int, checksum: bytes | None
@@ -410,6 +497,13 @@ class TransferStore:
         return fut
 
     async def _export(self, t: Transfer, size: int, checksum: bytes | None) -> ExportInfo:
+        try:
+            return await self._export_steps(t, size, checksum)
+        finally:
+            if t.close_after_export and self._open.get(t.key) is t:
+                self._close_one(t)  # the client lives in another worker now
+
+    async def _export_steps(self, t: Transfer, size: int, checksum: bytes | None) -> ExportInfo:
         assert t.meta is not None
         meta = t.meta
         loop = asyncio.get_running_loop()
@@ -428,7 +522,9 @@ class TransferStore:
             raise ChecksumMismatch()
         hexdigest = digest.hex().upper()
         try:
+            started = time.perf_counter()
             info = await loop.run_in_executor(None, self._export_blocking, t, meta, size, hexdigest)
+            self.hooks.exported(info.size, time.perf_counter() - started)
         except OSError as exc:
             raise StorageError.from_oserror(exc) from exc
         self._open.pop(t.key, None)
@@ -450,6 +546,7 @@ class TransferStore:
         t.asm.close()
         t.journal.close()
         shutil.rmtree(t.dir, ignore_errors=True)
+        t.unlock()
         return info
 
     # -- durability --------------------------------------------------------------------------
@@ -558,6 +655,20 @@ class TransferStore:
             self._close_one(t)
         return len(idle)
 
+    def release_client(self, client_id: str) -> int:
+        """Close every open transfer of a client that moved to another worker process, so that
+        it can open them there; an export in progress finishes here first. Returns how many
+        were closed now."""
+        mine = [t for t in self._open.values() if t.client_id == client_id]
+        closed = 0
+        for t in mine:
+            if t.key in self._exports:
+                t.close_after_export = True
+            else:
+                self._close_one(t)
+                closed += 1
+        return closed
+
     def _close_one(self, t: Transfer) -> None:
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
@@ -592,7 +703,14 @@ class TransferStore:
             with contextlib.suppress(OSError, FtError):
                 meta = parse_filemeta((d / "meta").read_bytes())
             if now - last > self.ttl_of(meta):
-                shutil.rmtree(d, ignore_errors=True)
+                try:
+                    lock = lock_dir(d)
+                except (TransferBusy, _Gone, OSError):
+                    continue  # open in another worker (it collects its own) or gone already
+                try:
+                    shutil.rmtree(d, ignore_errors=True)
+                finally:
+                    os.close(lock)
                 removed += 1
         return removed
 

@@ -231,3 +231,46 @@ def read_manifest(path: Path) -> dict[str, Any]:
     assert doc[0] == "filemeta" and doc[1] == 1
     result: dict[str, Any] = doc[2]
     return result
+
+
+def scrape(http_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, keyed by (name, sorted labels), parsed with
+    prometheus-client's own parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all((k, val) in ls for k, val in labels.items())
+    )
+
+
+def worker_pids(supervisor_pid: int) -> list[int]:
+    """The worker processes of a supervisor (its children), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == supervisor_pid:
+            pids.append(int(entry.name))
+    return sorted(pids)
