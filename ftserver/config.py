@@ -20,8 +20,9 @@ Value syntax:
 - **duration**: an integer (seconds) or a string ``<digits>[ ]<unit>``, unit one of ``ms``,
   ``s``, ``m``, ``h``, ``d`` (``"500ms"``, ``"5m"``, ``"1d"``), or digits alone (seconds).
   Kind ``seconds`` is a duration that must be a whole number of seconds (MQTT carries those).
-- **int**: an integer; **str**/**choice**/**path**/**host:port**: a string. In overrides
-  (text from a command line) integers may also be given as strings of digits.
+- **int**: an integer; **bool**: ``true`` or ``false``; **str**/**choice**/**path**/
+  **host:port**: a string. In overrides (text from a command line) integers may also be
+  given as strings of digits and booleans as ``true``/``false``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "host_port",
+    "is_loopback_host",
     "load_config",
     "parse_duration",
     "parse_size",
@@ -334,6 +336,10 @@ class MqttConfig:
     )
 
 
+#: shortest bearer token accepted for ``http.token``
+MIN_TOKEN_LENGTH: Final = 16
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """``[http]``: the HTTP API and metrics listener."""
@@ -341,6 +347,21 @@ class HttpConfig:
     listen: HostPort = field(
         default=HostPort("127.0.0.1", 18083),
         metadata=_spec("host:port", "Address of the HTTP API and /metrics."),
+    )
+    token: str = field(
+        default="",
+        repr=False,  # a secret: never in a logged or printed Config
+        metadata=_spec(
+            "str",
+            "Bearer token every /api/v5 request must carry; empty means no authentication.",
+        ),
+    )
+    allow_anonymous: bool = field(
+        default=False,
+        metadata=_spec(
+            "bool",
+            "Serve the API without a token on a non-loopback http.listen address.",
+        ),
     )
 
 
@@ -494,6 +515,8 @@ def _render_default(kind: str, value: Any) -> str:
         return f'"{format_duration(value)}"'
     if kind == "int":
         return str(value)
+    if kind == "bool":
+        return "true" if value else "false"
     return f'"{value}"'
 
 
@@ -549,6 +572,14 @@ def _parse_seconds(value: object) -> int:
     return int(seconds)
 
 
+def _parse_bool(value: object, from_text: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -595,6 +626,10 @@ def _parse_value(key: str, spec: _Spec, value: object, from_text: bool) -> Any:
         elif spec.kind == "int":
             result = _parse_int(value, from_text)
             _bounded(result, spec)
+        elif spec.kind == "bool":
+            result = _parse_bool(value, from_text)
+        elif spec.kind == "str":
+            result = _parse_str(value)
         elif spec.kind == "choice":
             result = _parse_choice(value, spec, key)
         elif spec.kind == "path":
@@ -634,7 +669,8 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
 
     Raises :class:`ConfigError` for an unreadable file, invalid TOML, an unknown table or
     key, a value of the wrong type or out of range, or inconsistent values
-    (``segments_ttl_min`` above ``segments_ttl_max``).
+    (``segments_ttl_min`` above ``segments_ttl_max``; an HTTP API on a non-loopback address
+    with neither ``http.token`` nor ``http.allow_anonymous``).
     """
     groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
     if path is not None:
@@ -659,4 +695,38 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             "transfer.segments_ttl_min: must not exceed transfer.segments_ttl_max "
             f"({format_duration(t.segments_ttl_min)} > {format_duration(t.segments_ttl_max)})"
+        )
+    _check_http(config.http)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen host only accepts connections from this machine.
+
+    ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``) are; every other name is
+    not, since it may resolve to any interface.
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_http(http: HttpConfig) -> None:
+    token = http.token
+    if token and (
+        len(token) < MIN_TOKEN_LENGTH or not all(0x21 <= ord(ch) <= 0x7E for ch in token)
+    ):
+        raise ConfigError(
+            f"http.token: must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
+            "without spaces (for example the output of 'openssl rand -hex 32')"
+        )
+    if not token and not http.allow_anonymous and not is_loopback_host(http.listen.host):
+        raise ConfigError(
+            f"http.token: the HTTP API listens on {http.listen}, which is not a loopback "
+            "address, and no token is set; set http.token to a secret of at least "
+            f"{MIN_TOKEN_LENGTH} characters (clients then send 'Authorization: Bearer "
+            "<token>'), listen on 127.0.0.1, or set http.allow_anonymous = true to serve "
+            "the API to anyone who can reach it"
         )

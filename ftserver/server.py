@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,9 @@ class Server:
                 self._every(cfg.transfer.segments_gc_interval, self._collect_garbage)
             ),
         ]
+        if self.worker_id is None:  # with workers, the supervisor collects the exports
+            interval = cfg.transfer.segments_gc_interval
+            self._jobs.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
 
     async def _start_http(self) -> None:
         from ftserver import metrics
@@ -158,9 +162,9 @@ class Server:
     def _collect_garbage(self) -> None:
         assert self.store is not None
         removed = self.store.collect_garbage()
-        if removed:
-            from ftserver import metrics
+        from ftserver import metrics
 
+        if removed:
             metrics.TRANSFERS_EXPIRED.inc(removed)
             log.info("collected %d expired unfinished transfer(s)", removed)
 
@@ -196,6 +200,30 @@ class Server:
         if self._http is not None:
             await self._http.cleanup()
         log.info("stopped")
+
+
+async def collect_exports(data_dir: Path) -> int:
+    """Delete the exports whose ``expire_at`` has passed (PROTOCOL.md §7), off the loop."""
+    from ftserver import metrics
+    from ftserver.export.collector import collect_expired_exports
+
+    loop = asyncio.get_running_loop()
+    removed = await loop.run_in_executor(
+        None, collect_expired_exports, data_dir / "exports", time.time()
+    )
+    if removed:
+        metrics.EXPORTS_EXPIRED.inc(removed)
+        log.info("deleted %d expired export(s)", removed)
+    return removed
+
+
+async def collect_exports_forever(data_dir: Path, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await collect_exports(data_dir)
+        except Exception:
+            log.exception("collecting expired exports failed")
 
 
 class _StoreMetrics(StoreHooks):

@@ -34,7 +34,7 @@ from ftserver.config import Config
 from ftserver.control import Channel, ChannelClosed, Msg
 from ftserver.http.api import ApiContext, build_app
 from ftserver.mqtt.session import topic_matches
-from ftserver.server import ConfigSource, announce
+from ftserver.server import ConfigSource, announce, collect_exports_forever
 from ftserver.worker import ENV
 
 log = logging.getLogger("ftserver.supervisor")
@@ -101,6 +101,9 @@ class Supervisor:
         for w in self.workers:
             await self._spawn(w)
         self._monitors = [asyncio.create_task(self._monitor(w)) for w in self.workers]
+        # expired exports are shared by every worker: the supervisor collects them
+        interval = self.config.transfer.segments_gc_interval
+        self._monitors.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await asyncio.gather(*(w.ready.wait() for w in self.workers))

@@ -4,7 +4,7 @@ Everything here is pure: strings in, strings (or paths, or bytes) out, no IO. Ex
 tooling finds ftserver's exports only if these names match EMQX's byte for byte, so each
 function states the exact rule it implements and the tests check EMQX's published vectors.
 
-- :func:`esc` makes a clientId or fileId safe as one path component.
+- :func:`esc` makes a clientId or fileId safe as one path component; :func:`unesc` reverses it.
 - :func:`export_dir_parts` / :func:`export_relpath` give the local exporter's layout
   ``<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>``.
 - :func:`staging_relpath` gives ftserver's own staging directory for an unfinished transfer.
@@ -39,6 +39,7 @@ __all__ = [
     "s3_metadata",
     "staging_bucket",
     "staging_relpath",
+    "unesc",
 ]
 
 #: suffix of the sidecar holding an export's metadata (``<name>.MANIFEST.json``)
@@ -124,6 +125,46 @@ def esc(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def unesc(s: str) -> str:
+    """The clientId or fileId whose :func:`esc` is ``s``: the inverse of :func:`esc`.
+
+    Every ``%XX`` (hex digits, either case) stands for one byte; each run of them is decoded
+    as UTF-8 (``surrogatepass``, as :func:`esc` encodes), so ``%2E%2E`` gives ``..`` and
+    ``a%2Fb`` gives ``a/b``; every other character stands for itself. Raises ``ValueError``
+    for a ``%`` not followed by two hex digits or bytes that are not UTF-8: such a directory
+    was not made by :func:`esc` (nor by EMQX). ``unesc(esc(s)) == s`` for every ``s``.
+    """
+    if "%" not in s:
+        return s
+    out: list[str] = []
+    pending = bytearray()
+    i, n = 0, len(s)
+    while i < n:
+        ch = s[i]
+        if ch == "%":
+            hexpair = s[i + 1 : i + 3]
+            if len(hexpair) != 2 or not _is_hex(hexpair):
+                raise ValueError(f"bad escape at {i} in {s!r}")
+            pending.append(int(hexpair, 16))
+            i += 3
+            continue
+        if pending:
+            out.append(_decode_escaped(pending, s))
+            pending.clear()
+        out.append(ch)
+        i += 1
+    if pending:
+        out.append(_decode_escaped(pending, s))
+    return "".join(out)
+
+
+def _decode_escaped(raw: bytearray, whole: str) -> str:
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ValueError(f"escaped bytes are not UTF-8 in {whole!r}") from None
 
 
 def esc_len(s: str) -> int:

@@ -9,13 +9,16 @@ is what marks a file as exported.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import hashlib
 import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ftserver.errors import FtError
 from ftserver.export.layout import (
@@ -45,7 +48,30 @@ class ExportInfo:
     path: Path
 
 
+class Exporter(Protocol):
+    """Where finished files go. The store verifies, truncates and flushes the staging file,
+    journals EXPORTING, then calls :meth:`export`; afterwards it removes the staging
+    directory. :meth:`lookup` must answer from local disk (it runs on the per-command path
+    for transfers this process does not know yet)."""
+
+    #: local directory the exporter keeps its records in (created by the store)
+    root: Path
+
+    def lookup(self, client_id: str, file_id: str) -> ExportInfo | None: ...
+
+    async def export(
+        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
+    ) -> ExportInfo: ...
+
+    def finish_interrupted(self, client_id: str, file_id: str, meta: FileMeta) -> ExportInfo | None:
+        """A crash came after the staging data left and before the export was recorded:
+        complete it if possible (None: the export is lost, the transfer starts over)."""
+        ...
+
+
 class LocalExporter:
+    """The local directory exporter (EMQX layout); an export is a rename plus a manifest."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -83,13 +109,30 @@ class LocalExporter:
             return ExportInfo(client_id, file_id, meta, size, checksum.upper(), d / name)
         return None
 
-    def export(
+    async def export(
         self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
     ) -> ExportInfo:
-        """Move the (flushed, truncated) staging file into the exports and write the manifest.
+        """Move the (flushed, truncated) staging file into the exports, write the manifest."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, self.export_blocking, client_id, file_id, meta, data_path, checksum
+        )
 
-        Blocking (renames and fsyncs): run it in an executor thread.
-        """
+    def finish_interrupted(self, client_id: str, file_id: str, meta: FileMeta) -> ExportInfo | None:
+        target = self.transfer_dir(client_id, file_id) / meta.name
+        if not target.exists():
+            return None
+        h = hashlib.sha256()
+        with open(target, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        self.write_manifest(target.parent, client_id, file_id, meta, h.hexdigest().upper())
+        return self.lookup(client_id, file_id)
+
+    def export_blocking(
+        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
+    ) -> ExportInfo:
+        """:meth:`export`, blocking (renames and fsyncs)."""
         d = self.transfer_dir(client_id, file_id)
         d.mkdir(parents=True, exist_ok=True)
         target = d / meta.name

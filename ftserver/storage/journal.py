@@ -18,9 +18,10 @@ Record types:
 - ``CHECKPOINT`` (an ``ftcore.Assembler`` state: ranges and rolling SHA-256): written after the
   data file was flushed, so everything it claims is on stable storage. Recovery starts from
   the last one, so the received bytes are not read again.
-- ``EXPORTING`` (``size u64``, then the target path relative to the data directory, UTF-8):
-  written (and synced) before the data file is moved into the exports; recovery finishes an
-  export that was interrupted between the move and the manifest.
+- ``EXPORTING`` (``size u64``, then the path of the file being exported, UTF-8, for the
+  record): written (and synced) once the file is cut at ``size`` and flushed, before the
+  exporter takes it; recovery then knows [0, size) is on disk, and asks the exporter whether
+  the export completed.
 """
 
 from __future__ import annotations

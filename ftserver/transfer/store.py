@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ from ftserver.errors import (
     StorageError,
 )
 from ftserver.export.layout import esc, staging_bucket
-from ftserver.export.local import ExportInfo, LocalExporter
+from ftserver.export.local import Exporter, ExportInfo, LocalExporter
 from ftserver.storage import journal as jr
 from ftserver.transfer.meta import FileMeta, parse_filemeta
 
@@ -180,13 +179,13 @@ class TransferStore:
         ttl_min: float = 300.0,
         ttl_max: float = 86400.0,
         idle_close: float = 60.0,
-        exporter: LocalExporter | None = None,
+        exporter: Exporter | None = None,
         on_exported: Callable[[ExportInfo], None] | None = None,
         hooks: StoreHooks | None = None,
     ) -> None:
         self.staging = data_dir / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
-        self.exporter = exporter or LocalExporter(data_dir / "exports")
+        self.exporter: Exporter = exporter or LocalExporter(data_dir / "exports")
         self.exporter.root.mkdir(parents=True, exist_ok=True)
         self.durability: Durability = durability
         self.flush_bytes = flush_bytes
@@ -214,8 +213,10 @@ class TransferStore:
             return t
         info = self._exported.get(key)
         if info is not None:
-            self._exported.move_to_end(key)
-            return info
+            if info.path.exists():
+                self._exported.move_to_end(key)
+                return info
+            del self._exported[key]  # deleted (HTTP API, expire_at) since: look again
         d = self.staging_dir(client_id, file_id)
         if d.is_dir():
             try:
@@ -298,6 +299,12 @@ class TransferStore:
             except FtError:
                 log.error("transfer %r/%r: unreadable meta file, ignoring it", client_id, file_id)
         exporting = [i for i, r in enumerate(records) if r.type is jr.Rec.EXPORTING]
+        if exporting:
+            done = self.exporter.lookup(client_id, file_id)
+            if done is not None:  # exported; only the staging clean-up was cut short
+                shutil.rmtree(d, ignore_errors=True)
+                self._remember_export(done)
+                return done
         if exporting and not (d / "data").exists() and meta is not None:
             return self._finish_interrupted_export(client_id, file_id, d, meta)
         exported_size = 0
@@ -358,15 +365,10 @@ class TransferStore:
     def _finish_interrupted_export(
         self, client_id: str, file_id: str, d: Path, meta: FileMeta
     ) -> ExportInfo | None:
-        target = self.exporter.transfer_dir(client_id, file_id) / meta.name
-        if not target.exists():
+        info = self.exporter.finish_interrupted(client_id, file_id, meta)
+        if info is None:
             log.error("transfer %r/%r: export interrupted and its file is gone", client_id, file_id)
-            shutil.rmtree(d, ignore_errors=True)
-            return None
-        checksum = _file_sha256(target)
-        self.exporter.write_manifest(target.parent, client_id, file_id, meta, checksum)
         shutil.rmtree(d, ignore_errors=True)
-        info = self.exporter.lookup(client_id, file_id)
         if info is not None:
             self._remember_export(info)
         return info
@@ -523,7 +525,9 @@ class TransferStore:
         hexdigest = digest.hex().upper()
         try:
             started = time.perf_counter()
-            info = await loop.run_in_executor(None, self._export_blocking, t, meta, size, hexdigest)
+            await loop.run_in_executor(None, self._prepare_export, t, size)
+            info = await self.exporter.export(t.client_id, t.file_id, meta, t.data_path, hexdigest)
+            await loop.run_in_executor(None, self._remove_staging, t)
             self.hooks.exported(info.size, time.perf_counter() - started)
         except OSError as exc:
             raise StorageError.from_oserror(exc) from exc
@@ -534,20 +538,22 @@ class TransferStore:
             self.on_exported(info)
         return info
 
-    def _export_blocking(self, t: Transfer, meta: FileMeta, size: int, checksum: str) -> ExportInfo:
+    @staticmethod
+    def _prepare_export(t: Transfer, size: int) -> None:
+        """Cut the file at its size, flush it, and journal that the export starts."""
         if t.asm.file.size() != size:
             t.asm.truncate(size)
         t.asm.flush()
-        target = self.exporter.transfer_dir(t.client_id, t.file_id) / meta.name
-        t.journal.add(jr.exporting_record(size, str(target)))
+        t.journal.add(jr.exporting_record(size, str(t.data_path)))
         t.journal.write()
         t.journal.sync()
-        info = self.exporter.export(t.client_id, t.file_id, meta, t.data_path, checksum)
+
+    @staticmethod
+    def _remove_staging(t: Transfer) -> None:
         t.asm.close()
         t.journal.close()
         shutil.rmtree(t.dir, ignore_errors=True)
-        t.unlock()
-        return info
+        t.unlock()  # only now: nobody may lock a directory that is being removed
 
     # -- durability --------------------------------------------------------------------------
 
@@ -731,14 +737,6 @@ def _ranges_of(state: bytes) -> bytes:
     """The serialised RangeSet inside a serialised Assembler state."""
     _magic, _hashed, hlen = struct.unpack_from("<4sQI", state, 0)
     return state[16 + hlen :]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest().upper()
 
 
 __all__ = ["Durability", "ExportInfo", "Transfer", "TransferStore"]

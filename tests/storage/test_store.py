@@ -631,7 +631,9 @@ def test_restart_resumes_acknowledged_ranges(
         await asyncio.gather(*s1._tasks)
         s1.flush_bytes = 1 << 40
         records = journal_records(staging_dir(data_dir, CID, CID, FID) / "journal")
-        assert records[-1].type is jr.Rec.CHECKPOINT
+        # (in sync mode the group commit's records may land after the checkpoint record:
+        # the checkpoint already covers them)
+        assert any(r.type is jr.Rec.CHECKPOINT for r in records)
         # acknowledged after the checkpoint: everything but [prefix, prefix + hole)
         for off in reversed(range(prefix + hole, len(data), 5000)):
             send(s1, data, off, 5000)

@@ -463,7 +463,9 @@ def test_describe_covers_every_field() -> None:
     assert Config.describe() == describe()
     for d in describe():
         assert d.doc and d.doc.endswith(".") and "\n" not in d.doc, d.key
-        assert d.kind in {"size", "duration", "seconds", "int", "choice", "path", "host:port"}
+        assert d.kind in {
+            "size", "duration", "seconds", "int", "bool", "str", "choice", "path", "host:port"
+        }  # fmt: skip
         if d.kind == "choice":
             assert d.choices and d.default.strip('"') in d.choices
 
