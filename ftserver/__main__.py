@@ -78,7 +78,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set any configuration key (repeatable)",
     )
+    pw = sub.add_parser(
+        "passwd",
+        help="add, change or delete an MQTT user in a password file",
+        description="Manage the password file named by security.password_file: argon2id "
+        "hashes, one 'user:hash' line per user. The password is read from the terminal "
+        "(twice), or from standard input with --stdin.",
+    )
+    pw.add_argument("file", type=Path, help="the password file (created if missing)")
+    pw.add_argument("user", help="the user name")
+    pw.add_argument("--delete", action="store_true", help="remove the user")
+    pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
     return parser
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    from ftserver.auth import PasswordFileError, delete_user, set_password
+
+    try:
+        if args.delete:
+            if not delete_user(args.file, args.user):
+                print(f"ftserver passwd: no user {args.user!r} in {args.file}", file=sys.stderr)
+                return 1
+            return 0
+        if args.stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            import getpass
+
+            password = getpass.getpass(f"password for {args.user}: ")
+            if getpass.getpass("again: ") != password:
+                print("ftserver passwd: the passwords differ", file=sys.stderr)
+                return 1
+        if not password:
+            print("ftserver passwd: empty password refused", file=sys.stderr)
+            return 1
+        set_password(args.file, args.user, password)
+    except (OSError, PasswordFileError) as exc:
+        print(f"ftserver passwd: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main()
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "passwd":
+        return _passwd(args)
     if args.command != "serve":  # pragma: no cover - argparse allows only known commands
         parser.error(f"unknown command {args.command!r}")
     overrides: dict[str, object] = {}

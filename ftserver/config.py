@@ -335,6 +335,39 @@ class MqttConfig:
         ),
     )
 
+    tls_listen: str = field(
+        default="",
+        metadata=_spec("str", "Address of an MQTT-over-TLS listener (HOST:PORT); empty: none."),
+    )
+    tls_cert: str = field(
+        default="",
+        metadata=_spec("str", "Certificate chain (PEM file) of the TLS listener."),
+    )
+    tls_key: str = field(
+        default="",
+        metadata=_spec("str", "Private key (PEM file) of the TLS listener."),
+    )
+    tls_ca: str = field(
+        default="",
+        metadata=_spec("str", "CA certificates (PEM file) that client certificates must chain to."),
+    )
+    tls_client_cert: str = field(
+        default="none",
+        metadata=_spec(
+            "choice",
+            "Client certificates on the TLS listener: none, optional or required.",
+            choices=("none", "optional", "required"),
+        ),
+    )
+    tls_identity: str = field(
+        default="none",
+        metadata=_spec(
+            "choice",
+            "Use a client certificate's CN as the user name or the client id (none: neither).",
+            choices=("none", "username", "clientid"),
+        ),
+    )
+
 
 #: shortest bearer token accepted for ``http.token``
 MIN_TOKEN_LENGTH: Final = 16
@@ -396,6 +429,47 @@ class LimitsConfig:
             hi=MQTT_MAX_U16,
         ),
     )
+    max_connections: int = field(
+        default=100_000,
+        metadata=_spec(
+            "int",
+            "Connections open at once (shared out over the workers); more are closed at once.",
+            lo=0,
+        ),
+    )
+    max_connections_per_ip: int = field(
+        default=20_000,
+        metadata=_spec(
+            "int",
+            "Connections open at once from one source address (0: no limit).",
+            lo=0,
+        ),
+    )
+    max_transfers_per_client: int = field(
+        default=64,
+        metadata=_spec(
+            "int",
+            "Unfinished transfers one client may have; a new one beyond gets too_many_transfers.",
+            lo=0,
+        ),
+    )
+    client_byte_rate: int = field(
+        default=0,
+        metadata=_spec(
+            "size",
+            "Segment bytes per second one client may send (0: no limit); faster gets "
+            "quota_exceeded (0x97, pause).",
+            lo=0,
+        ),
+    )
+    staging_low_water: int = field(
+        default=256 * MiB,
+        metadata=_spec(
+            "size",
+            "Free space under which new segment data gets storage_full (0x97); fins still run.",
+            lo=0,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,15 +525,163 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: who may connect."""
+
+    password_file: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "Password file of MQTT users (argon2id hashes; managed with `ftserver passwd`).",
+        ),
+    )
+    allow_anonymous: bool = field(
+        default=False,
+        metadata=_spec(
+            "bool",
+            "Accept clients without credentials on a non-loopback MQTT listener.",
+        ),
+    )
+
+
+#: canned ACLs S3 accepts on upload (``export.acl``); ``none`` sends no ACL header
+S3_ACLS: Final = (
+    "none",
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+#: S3's smallest part (all but the last) and largest part or single PUT
+S3_MIN_PART: Final = 5 * MiB
+S3_MAX_PART: Final = 5 * GiB
+#: longest validity of a SigV4 presigned URL (7 days)
+S3_MAX_PRESIGN: Final = 7 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
 class ExportConfig:
-    """``[export]``: where finished files go."""
+    """``[export]``: where finished files go (the ``s3`` keys matter only with kind = s3)."""
 
     kind: str = field(
         default="local",
         metadata=_spec(
             "choice",
-            "Exporter: local writes <data_dir>/exports in EMQX's layout (s3 is not available yet).",
-            choices=("local",),
+            "Exporter: local writes <data_dir>/exports in EMQX's layout; s3 uploads to a bucket.",
+            choices=("local", "s3"),
+        ),
+    )
+    endpoint: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "S3 endpoint URL (http:// or https://, e.g. MinIO's); empty: AWS S3 of the region.",
+        ),
+    )
+    region: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "S3 region (also the SigV4 signing region); empty: AWS_REGION or the AWS config "
+            "file, else us-east-1.",
+        ),
+    )
+    bucket: str = field(
+        default="",
+        metadata=_spec("str", "S3 bucket the exports go to (required with kind = s3)."),
+    )
+    access_key_id: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "S3 access key id; empty: the AWS credential chain (AWS_ACCESS_KEY_ID, "
+            "AWS_PROFILE, ~/.aws/credentials, instance roles).",
+        ),
+    )
+    # repr=False: the secret never shows in a repr of the configuration (logs, tracebacks)
+    secret_access_key: str = field(
+        default="",
+        repr=False,
+        metadata=_spec(
+            "str",
+            "S3 secret access key, with access_key_id; never logged (prefer the TOML file or "
+            "AWS_SECRET_ACCESS_KEY to a command line).",
+        ),
+    )
+    addressing_style: str = field(
+        default="auto",
+        metadata=_spec(
+            "choice",
+            "Bucket addressing: path (endpoint/bucket/key, MinIO and most S3-compatibles), "
+            "virtual (bucket.endpoint/key) or auto.",
+            choices=("auto", "path", "virtual"),
+        ),
+    )
+    acl: str = field(
+        default="none",
+        metadata=_spec(
+            "choice",
+            "Canned ACL set on each uploaded object; none sends no ACL (the bucket's default).",
+            choices=S3_ACLS,
+        ),
+    )
+    part_size: int = field(
+        default=16 * MiB,
+        metadata=_spec(
+            "size",
+            "Multipart part size; files up to this size go in one PUT (raised for files over "
+            "10000 parts).",
+            lo=S3_MIN_PART,
+            hi=S3_MAX_PART,
+        ),
+    )
+    upload_concurrency: int = field(
+        default=4,
+        metadata=_spec(
+            "int",
+            "Parts of one file uploaded at once (each holds one part in memory).",
+            lo=1,
+            hi=64,
+        ),
+    )
+    request_timeout: float = field(
+        default=60.0,
+        metadata=_spec(
+            "duration",
+            "Connect and read timeout of each S3 request.",
+            lo=0.001,
+        ),
+    )
+    retries: int = field(
+        default=3,
+        metadata=_spec(
+            "int",
+            "Retries of a failed S3 request (throttling, 5xx, network errors) before it fails.",
+            lo=0,
+            hi=20,
+        ),
+    )
+    tls_verify: bool = field(
+        default=True,
+        metadata=_spec("bool", "Verify the S3 endpoint's TLS certificate."),
+    )
+    ca_file: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "CA bundle (PEM file) to verify the S3 endpoint with; empty: the system's.",
+        ),
+    )
+    presign_expiry: int = field(
+        default=3600,
+        metadata=_spec(
+            "seconds",
+            "Validity of the presigned download URLs the HTTP API lists for S3 exports.",
+            lo=1,
+            hi=S3_MAX_PRESIGN,
         ),
     )
 
@@ -478,6 +700,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @staticmethod
@@ -603,8 +826,6 @@ def _parse_host_port(value: object) -> HostPort:
 def _parse_choice(value: object, spec: _Spec, key: str) -> str:
     text = _parse_str(value).strip().lower()
     if text not in spec.choices:
-        if key == "export.kind" and text == "s3":
-            raise ValueError("'s3' is not supported yet; the only exporter is 'local'")
         allowed = ", ".join(repr(c) for c in spec.choices)
         raise ValueError(f"expected one of {allowed}, got {value!r}")
     return text
@@ -697,6 +918,63 @@ def _check_consistency(config: Config) -> None:
             f"({format_duration(t.segments_ttl_min)} > {format_duration(t.segments_ttl_max)})"
         )
     _check_http(config.http)
+    _check_mqtt_security(config)
+    _check_export(config.export)
+
+
+def _check_export(export: ExportConfig) -> None:
+    """The S3 exporter's keys, when it is chosen (they are ignored otherwise)."""
+    if export.kind != "s3":
+        return
+    if not export.bucket:
+        raise ConfigError('export.bucket: required with export.kind = "s3"')
+    endpoint = export.endpoint
+    if endpoint and not re.match(r"https?://[^/\s]+/?\Z", endpoint, re.ASCII):
+        raise ConfigError(
+            f"export.endpoint: expected a URL like 'https://s3.example.com:9000', got {endpoint!r}"
+        )
+    if bool(export.access_key_id) != bool(export.secret_access_key):
+        raise ConfigError(
+            "export.access_key_id: give both access_key_id and secret_access_key, or "
+            "neither (then the AWS credential chain is used)"
+        )
+    if export.ca_file and not Path(export.ca_file).is_file():
+        raise ConfigError(f"export.ca_file: no such file {export.ca_file!r}")
+
+
+def _check_mqtt_security(config: Config) -> None:
+    mqtt = config.mqtt
+    listeners = [mqtt.listen]
+    if mqtt.tls_listen:
+        try:
+            listeners.append(host_port(mqtt.tls_listen))
+        except ValueError as exc:
+            raise ConfigError(f"mqtt.tls_listen: {exc}") from None
+        for key in ("tls_cert", "tls_key"):
+            path = getattr(mqtt, key)
+            if not path:
+                raise ConfigError(f"mqtt.{key}: required by mqtt.tls_listen")
+            if not Path(path).is_file():
+                raise ConfigError(f"mqtt.{key}: no such file {path!r}")
+        if mqtt.tls_client_cert != "none" and not mqtt.tls_ca:
+            raise ConfigError("mqtt.tls_ca: required when mqtt.tls_client_cert is not none")
+        if mqtt.tls_identity != "none" and mqtt.tls_client_cert != "required":
+            raise ConfigError('mqtt.tls_identity: needs mqtt.tls_client_cert = "required"')
+    sec = config.security
+    if sec.password_file and not Path(sec.password_file).is_file():
+        raise ConfigError(
+            f"security.password_file: no such file {sec.password_file!r} "
+            "(create it with `ftserver passwd FILE USER`)"
+        )
+    public = [lst for lst in listeners if not is_loopback_host(lst.host)]
+    certified = bool(mqtt.tls_listen) and mqtt.tls_client_cert == "required"
+    if public and not (sec.password_file or sec.allow_anonymous or certified):
+        raise ConfigError(
+            f"security.password_file: MQTT would listen on {public[0]} without "
+            "authentication: set security.password_file (see `ftserver passwd`), require "
+            "TLS client certificates on a TLS-only listener, or set "
+            "security.allow_anonymous = true to accept anyone"
+        )
 
 
 def is_loopback_host(host: str) -> bool:

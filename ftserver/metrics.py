@@ -62,6 +62,16 @@ PROTOCOL_ERRORS = Counter(
     "Connections closed for breaking the MQTT specification.",
     ["worker"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "ftserver_connections_refused_total",
+    "Connections closed at once because a connection limit was reached.",
+    ["worker"],
+)
+LOGIN_FAILURES = Counter(
+    "ftserver_login_failures_total",
+    "CONNECTs refused for bad credentials or missing authentication.",
+    ["worker"],
+)
 TAKEOVERS = Counter(
     "ftserver_takeovers_total", "Sessions taken over by a new connection.", ["worker"]
 )
@@ -142,13 +152,47 @@ WORKERS_UP = Gauge(
     "ftserver_workers_up", "Worker processes running and ready.", multiprocess_mode="max"
 )
 
+LIMIT_HITS = Counter(
+    "ftserver_limit_hits_total",
+    "Commands refused by a limit or quota (file_too_large, too_many_transfers, quota_exceeded, "
+    "storage_full).",
+    ["limit"],
+)
+
 ALL = [
-    CONNECTIONS, CONNECTIONS_TOTAL, PROTOCOL_ERRORS, TAKEOVERS, TRANSFERS_STARTED,
-    TRANSFERS_COMPLETED, TRANSFERS_FAILED, TRANSFERS_ABORTED, TRANSFERS_EXPIRED, EXPORTS_EXPIRED,
-    TRANSFERS_IN_PROGRESS, RECEIVED_BYTES, EXPORTED_BYTES, SEGMENTS, COMMANDS, INVALID_QOS,
-    SEGMENT_SECONDS, FIN_SECONDS, EXPORT_SECONDS, RESPONSES, STAGING_BYTES, STAGING_FREE_BYTES,
-    WORKER_RESTARTS, WORKERS_UP,
-]  # fmt: skip
+    CONNECTIONS,
+    CONNECTIONS_TOTAL,
+    CONNECTIONS_REFUSED,
+    LOGIN_FAILURES,
+    PROTOCOL_ERRORS,
+    TAKEOVERS,
+    TRANSFERS_STARTED,
+    TRANSFERS_COMPLETED,
+    TRANSFERS_FAILED,
+    TRANSFERS_ABORTED,
+    TRANSFERS_EXPIRED,
+    EXPORTS_EXPIRED,
+    TRANSFERS_IN_PROGRESS,
+    RECEIVED_BYTES,
+    EXPORTED_BYTES,
+    SEGMENTS,
+    COMMANDS,
+    INVALID_QOS,
+    LIMIT_HITS,
+    SEGMENT_SECONDS,
+    FIN_SECONDS,
+    EXPORT_SECONDS,
+    RESPONSES,
+    STAGING_BYTES,
+    STAGING_FREE_BYTES,
+    WORKER_RESTARTS,
+    WORKERS_UP,
+]
+
+#: outcome descriptions that mean a limit or quota was hit
+LIMIT_OUTCOMES = frozenset(
+    {"file_too_large", "too_many_transfers", "quota_exceeded", "storage_full"}
+)
 
 
 def prepare_multiprocess(directory: Path) -> None:
@@ -197,6 +241,10 @@ class Meter:
             CONNECTIONS_TOTAL.labels(self.worker, "5").inc()
         elif name == "connect_v311":
             CONNECTIONS_TOTAL.labels(self.worker, "3.1.1").inc()
+        elif name == "connection_refused":
+            CONNECTIONS_REFUSED.labels(self.worker).inc()
+        elif name == "login_failed":
+            LOGIN_FAILURES.labels(self.worker).inc()
         elif name == "takeover":
             TAKEOVERS.labels(self.worker).inc()
         elif name == "protocol_error":
@@ -204,6 +252,8 @@ class Meter:
 
     def command(self, kind: str, outcome: Outcome) -> None:
         """Every processed file-transfer command (dispatcher hook)."""
+        if outcome.reason_code and outcome.description in LIMIT_OUTCOMES:
+            LIMIT_HITS.labels(outcome.description).inc()
         if kind == "segment":
             self.segments[outcome.description] += 1
         elif kind == "invalid_qos":

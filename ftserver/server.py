@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ftserver.config import Config
+from ftserver.auth import PasswordFile
+from ftserver.config import Config, HostPort, host_port, is_loopback_host
 from ftserver.http.api import ApiContext, build_app
+from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.transfer.dispatch import Dispatcher
@@ -57,6 +60,7 @@ class Server:
         *,
         worker_id: int | None = None,
         mqtt_port: int | None = None,
+        tls_port: int | None = None,
         bridge: Bridge | None = None,
     ) -> None:
         self.config = config
@@ -64,6 +68,11 @@ class Server:
         #: None for a single-process server; else this worker's number
         self.worker_id = worker_id
         self._mqtt_port = config.mqtt.listen.port if mqtt_port is None else mqtt_port
+        self._tls_listen = host_port(config.mqtt.tls_listen) if config.mqtt.tls_listen else None
+        if self._tls_listen is not None and tls_port is not None:
+            self._tls_listen = HostPort(self._tls_listen.host, tls_port)
+        self._mqtts: asyncio.Server | None = None
+        self.mqtts_address: tuple[str, int] | None = None
         self.registry.bridge = bridge
         self.data_dir = Path(config.server.data_dir)
         self.store: TransferStore | None = None
@@ -89,6 +98,7 @@ class Server:
             ttl_max=cfg.transfer.segments_ttl_max,
             idle_close=IDLE_CLOSE,
             hooks=_StoreMetrics(),
+            max_transfers_per_client=cfg.limits.max_transfers_per_client,
         )
         dispatcher = Dispatcher(
             self.store,
@@ -101,7 +111,12 @@ class Server:
         dispatcher.on_segment_time = metrics.SEGMENT_SECONDS.observe
         dispatcher.sample_every = metrics.SEGMENT_SAMPLE
         self.registry.on_delivered = meter.delivered
+        if cfg.limits.client_byte_rate:
+            dispatcher.byte_rate = ByteRate(cfg.limits.client_byte_rate)
+        if cfg.limits.staging_low_water:
+            dispatcher.disk = DiskWatch(self.data_dir / "staging", cfg.limits.staging_low_water)
         self.ctx = ServerContext(cfg, self.registry, dispatcher, on_event=meter.event)
+        self._secure(self.ctx)
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         self._mqtt = await loop.create_server(
@@ -114,6 +129,18 @@ class Server:
         )
         sock = self._mqtt.sockets[0].getsockname()
         self.mqtt_address = (sock[0], sock[1])
+        if self._tls_listen is not None:
+            self._mqtts = await loop.create_server(
+                lambda: MqttConnection(ctx),
+                self._tls_listen.host,
+                self._tls_listen.port,
+                ssl=tls_context(cfg),
+                reuse_address=True,
+                reuse_port=self.worker_id is not None,
+                backlog=1024,
+            )
+            sock = self._mqtts.sockets[0].getsockname()
+            self.mqtts_address = (sock[0], sock[1])
         if self.worker_id is None:
             await self._start_http()
         self._jobs = [
@@ -126,6 +153,28 @@ class Server:
         if self.worker_id is None:  # with workers, the supervisor collects the exports
             interval = cfg.transfer.segments_gc_interval
             self._jobs.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
+
+    def _secure(self, ctx: ServerContext) -> None:
+        """Limits and authentication of the MQTT listeners (issue 8, SECURITY.md)."""
+        cfg = self.config
+        lim = cfg.limits
+        limits = Limits(
+            lim.max_connections,
+            lim.max_connections_per_ip,
+            lim.max_transfers_per_client,
+            lim.client_byte_rate,
+            lim.staging_low_water,
+        )
+        workers = cfg.server.worker_count if self.worker_id is not None else 1
+        ctx.admission = ConnectionCounter(limits.share(workers))
+        sec = cfg.security
+        if sec.password_file:
+            ctx.passwords = PasswordFile(Path(sec.password_file))
+        listeners = [cfg.mqtt.listen] + ([self._tls_listen] if self._tls_listen else [])
+        ctx.anonymous_ok = sec.allow_anonymous or all(
+            is_loopback_host(lst.host) for lst in listeners
+        )
+        ctx.tls_identity = cfg.mqtt.tls_identity
 
     async def _start_http(self) -> None:
         from ftserver import metrics
@@ -180,6 +229,8 @@ class Server:
         log.info("shutting down")
         if self._mqtt is not None:
             self._mqtt.close()
+        if self._mqtts is not None:
+            self._mqtts.close()
         for job in self._jobs:
             job.cancel()
         ctx = self.ctx
@@ -245,6 +296,22 @@ class _StoreMetrics(StoreHooks):
         metrics.EXPORT_SECONDS.observe(seconds)
 
 
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The server-side TLS context of the MQTT-over-TLS listener (TLS 1.2 at least)."""
+    mqtt = config.mqtt
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(mqtt.tls_cert, mqtt.tls_key)
+    if mqtt.tls_ca:
+        ctx.load_verify_locations(mqtt.tls_ca)
+    ctx.verify_mode = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }[mqtt.tls_client_cert]
+    return ctx
+
+
 def setup_logging(config: Config, name: str = "") -> None:
     tag = f" [{name}]" if name else ""
     logging.basicConfig(
@@ -298,14 +365,22 @@ async def _main(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     assert server.mqtt_address is not None and server.http_address is not None
-    announce(server.mqtt_address, server.http_address, server.data_dir)
+    announce(server.mqtt_address, server.http_address, server.data_dir, server.mqtts_address)
     await server.serve_until_stopped()
     return 0
 
 
-def announce(mqtt: tuple[str, int], http: tuple[str, int], data_dir: Path) -> None:
-    """One parseable line per listener (tests and scripts read the ports from here)."""
+def announce(
+    mqtt: tuple[str, int],
+    http: tuple[str, int],
+    data_dir: Path,
+    mqtts: tuple[str, int] | None = None,
+) -> None:
+    """One parseable line per listener (tests and scripts read the ports from here); the
+    data directory line comes last."""
     print(f"ftserver: mqtt listening on {_fmt(mqtt)}", flush=True)
+    if mqtts is not None:
+        print(f"ftserver: mqtts listening on {_fmt(mqtts)}", flush=True)
     print(f"ftserver: http listening on {_fmt(http)}", flush=True)
     print(f"ftserver: data directory {data_dir.absolute()}", flush=True)
 

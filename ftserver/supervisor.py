@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from ftserver import metrics
-from ftserver.config import Config
+from ftserver.config import Config, HostPort, host_port
 from ftserver.control import Channel, ChannelClosed, Msg
 from ftserver.http.api import ApiContext, build_app
 from ftserver.mqtt.session import topic_matches
@@ -50,6 +50,16 @@ LAST_OWNERS = 100_000
 #: restart delay after a worker died, doubled while it keeps dying quickly (capped)
 RESTART_DELAY = 0.2
 RESTART_DELAY_MAX = 10.0
+
+
+def _reserve(listen: HostPort) -> socket.socket:
+    """Bind (not listen) an SO_REUSEPORT socket: the port is ours, the workers listen on it."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((listen.host, listen.port))
+    return sock
 
 
 @dataclass
@@ -81,7 +91,9 @@ class Supervisor:
         self._claim_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._stopping = asyncio.Event()
         self._reserve: socket.socket | None = None
+        self._reserve_tls: socket.socket | None = None
         self.mqtt_port = 0
+        self.tls_port: int | None = None
         self._http: web.AppRunner | None = None
         self._monitors: list[asyncio.Task[None]] = []
 
@@ -112,21 +124,21 @@ class Supervisor:
             await self._shutdown()
             return 1
         listen = self.config.mqtt.listen
-        announce((listen.host, self.mqtt_port), http, self.data_dir)
+        mqtts = None
+        if self.tls_port is not None:
+            mqtts = (host_port(self.config.mqtt.tls_listen).host, self.tls_port)
+        announce((listen.host, self.mqtt_port), http, self.data_dir, mqtts)
         log.info("%d workers serving MQTT on port %d", len(self.workers), self.mqtt_port)
         await self._stopping.wait()
         await self._shutdown()
         return 0
 
     def _reserve_port(self) -> None:
-        listen = self.config.mqtt.listen
-        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((listen.host, listen.port))
-        self._reserve = sock
-        self.mqtt_port = sock.getsockname()[1]
+        self._reserve = _reserve(self.config.mqtt.listen)
+        self.mqtt_port = self._reserve.getsockname()[1]
+        if self.config.mqtt.tls_listen:
+            self._reserve_tls = _reserve(host_port(self.config.mqtt.tls_listen))
+            self.tls_port = self._reserve_tls.getsockname()[1]
 
     async def _start_http(self) -> tuple[str, int]:
         ctx = ApiContext(self.config, self.data_dir, workers_ready=self.workers_ready)
@@ -150,6 +162,7 @@ class Supervisor:
             "id": w.id,
             "fd": theirs.fileno(),
             "port": self.mqtt_port,
+            "tls_port": self.tls_port,
             "parent": os.getpid(),
             "config": self.source.path,
             "overrides": self.source.overrides,
@@ -218,8 +231,9 @@ class Supervisor:
             task.cancel()
         if self._http is not None:
             await self._http.cleanup()
-        if self._reserve is not None:
-            self._reserve.close()
+        for sock in (self._reserve, self._reserve_tls):
+            if sock is not None:
+                sock.close()
         log.info("stopped")
 
     # -- control messages --------------------------------------------------------------------

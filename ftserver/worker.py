@@ -112,7 +112,14 @@ async def _worker(spec: dict[str, Any]) -> int:
     wid = int(spec["id"])
     config = load_config(Path(spec["config"]) if spec["config"] else None, spec["overrides"])
     bridge = WorkerBridge()
-    server = Server(config, worker_id=wid, mqtt_port=int(spec["port"]), bridge=bridge)
+    tls_port = spec.get("tls_port")
+    server = Server(
+        config,
+        worker_id=wid,
+        mqtt_port=int(spec["port"]),
+        tls_port=None if tls_port is None else int(tls_port),
+        bridge=bridge,
+    )
 
     async def handle(msg: Msg) -> Msg | None:
         op = msg.get("op")

@@ -18,8 +18,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftserver.auth import FAILED_LOGIN_DELAY, PasswordFile
 from ftserver.errors import FtError
 from ftserver.export.layout import esc_len
+from ftserver.limits import ConnectionCounter, Limits
 from ftserver.mqtt import codec
 from ftserver.mqtt.codec import Decoder, ProtocolError
 from ftserver.mqtt.packets import (
@@ -84,6 +86,13 @@ class ServerContext:
         self.sync_durability = dispatcher.store.durability == "sync"
         self.connections: set[MqttConnection] = set()
         self.on_event = on_event or (lambda _name: None)
+        #: connection limits (total, per source address) of this process
+        self.admission = ConnectionCounter(Limits())
+        #: MQTT users (None: no password file); whether clients without credentials may connect
+        self.passwords: PasswordFile | None = None
+        self.anonymous_ok = True
+        #: what a verified client certificate's CN stands for: "none", "username", "clientid"
+        self.tls_identity = "none"
 
 
 @dataclass(slots=True)
@@ -117,6 +126,8 @@ class MqttConnection(asyncio.BufferedProtocol):
         self._aliases: dict[int, str] = {}
         self._held = 0
         self._connecting = False
+        self._admitted = True
+        self._ip = ""
         self._client_receive_maximum = DEFAULT_CLIENT_RECEIVE_MAXIMUM
         self._client_max_packet = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -124,12 +135,21 @@ class MqttConnection(asyncio.BufferedProtocol):
     # -- asyncio protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        tr: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's: no subclass
+        self.transport = tr
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._ip = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if not self.ctx.admission.admit(self._ip):
+            log.warning("%s: connection limit reached, refused", self.peer)
+            self.ctx.on_event("connection_refused")
+            self._admitted = False
+            self.closed = True
+            tr.abort()
+            return
         self.ctx.connections.add(self)
         self._last_rx = self.loop.time()
         self._timer = self.loop.call_later(
@@ -170,6 +190,9 @@ class MqttConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self._admitted:
+            return
+        self.ctx.admission.release(self._ip)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -293,6 +316,10 @@ class MqttConnection(asyncio.BufferedProtocol):
             self.close()
             return
         client_id = p.client_id
+        cert_cn = self._certificate_cn()
+        identity = self.ctx.tls_identity if cert_cn is not None else "none"
+        if identity == "clientid":
+            client_id = cert_cn or ""  # the certificate decides who this is
         assigned = False
         if not client_id:
             if level != MQTT_V5 and not p.clean_start:
@@ -307,13 +334,63 @@ class MqttConnection(asyncio.BufferedProtocol):
             self.close()
             return
         self.client_id = client_id
+        # authentication and (with workers) the session registry answer asynchronously;
+        # nothing after the CONNECT is processed until the CONNACK
+        certified = identity != "none"
+        passwords = self.ctx.passwords
+        if not certified and passwords is not None and p.username is not None:
+            self._connecting = True
+            self._pause("connect")
+            self._spawn(self._login_then_connect(passwords, p, assigned))
+            return
+        if not certified and not self.ctx.anonymous_ok:
+            log.info("%s (%s): anonymous client refused", self.peer, client_id)
+            self.ctx.on_event("login_failed")
+            self._connack(Connack(False, R.NOT_AUTHORIZED), level)
+            self.close()
+            return
+        self._claim(p, assigned)
+
+    def _certificate_cn(self) -> str | None:
+        """The subject CN of a verified client certificate (TLS listener), if any."""
+        if self.transport is None:
+            return None
+        cert = self.transport.get_extra_info("peercert")
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return None
+
+    async def _login_then_connect(
+        self, passwords: PasswordFile, p: Connect, assigned: bool
+    ) -> None:
+        assert p.username is not None
+        ok = await passwords.verify(p.username, p.password or b"")
+        if self.closed:
+            return
+        if not ok:
+            log.info("%s (%s): bad user name or password", self.peer, self.client_id)
+            self.ctx.on_event("login_failed")
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            self._connack(Connack(False, R.BAD_USERNAME_OR_PASSWORD), self.level)
+            self.close()
+            return
+        self._connecting = False
+        self._resume("connect")
+        self._claim(p, assigned)
+        if not self._connecting:
+            self._process()  # what arrived after the CONNECT, held until now
+
+    def _claim(self, p: Connect, assigned: bool) -> None:
         bridge = self.ctx.registry.bridge
         if bridge is None:
             self._finish_connect(p, assigned, None)
             return
         # the supervisor must make this worker the only place the client id lives (taking it
-        # over from another worker if need be) before the CONNACK; nothing after the CONNECT
-        # is processed until then
+        # over from another worker if need be) before the CONNACK
         self._connecting = True
         self._pause("connect")
         self._spawn(self._claim_then_connect(bridge, p, assigned))

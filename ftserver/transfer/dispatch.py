@@ -19,6 +19,7 @@ from typing import Any
 
 from ftserver.errors import AssembleTimeout, FtError, InternalError, InvalidQos
 from ftserver.export.local import ExportInfo
+from ftserver.limits import ByteRate, DiskWatch
 from ftserver.mqtt.packets import Properties, Publish
 from ftserver.mqtt.session import SessionRegistry
 from ftserver.transfer.commands import (
@@ -97,6 +98,9 @@ class Dispatcher:
         self._sample = 0
         #: segment bytes stored so far (read by the metrics flush)
         self.received_bytes = 0
+        #: quotas on new data (0x97): per-client byte rate, staging free-space watermark
+        self.byte_rate: ByteRate | None = None
+        self.disk: DiskWatch | None = None
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -153,6 +157,10 @@ class Dispatcher:
             check_file_size(self.max_file_size, cmd.offset, len(view))
             if cmd.checksum is not None:
                 check_segment_checksum(cmd, view)
+            if self.disk is not None:
+                self.disk.check()
+            if self.byte_rate is not None:
+                self.byte_rate.take(client_id, len(view))
             running = store.export_running(client_id, cmd.file_id)
             if running is not None:
                 data = bytes(view)  # the receive buffer is reused before the export ends

@@ -36,6 +36,7 @@ from ftserver.errors import (
     FtError,
     Incomplete,
     StorageError,
+    TooManyTransfers,
 )
 from ftserver.export.layout import esc, staging_bucket
 from ftserver.export.local import Exporter, ExportInfo, LocalExporter
@@ -182,6 +183,7 @@ class TransferStore:
         exporter: Exporter | None = None,
         on_exported: Callable[[ExportInfo], None] | None = None,
         hooks: StoreHooks | None = None,
+        max_transfers_per_client: int = 0,
     ) -> None:
         self.staging = data_dir / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -194,6 +196,7 @@ class TransferStore:
         self.idle_close = idle_close
         self.on_exported = on_exported
         self.hooks = hooks or StoreHooks()
+        self.max_transfers_per_client = max_transfers_per_client
         self._open: dict[Key, Transfer] = {}
         self._exported: OrderedDict[Key, ExportInfo] = OrderedDict()
         self._exports: dict[Key, asyncio.Future[ExportInfo]] = {}
@@ -237,6 +240,14 @@ class TransferStore:
 
     def _create(self, client_id: str, file_id: str) -> Transfer:
         d = self.staging_dir(client_id, file_id)
+        limit = self.max_transfers_per_client
+        if limit:
+            try:
+                staged = len(os.listdir(d.parent))
+            except FileNotFoundError:
+                staged = 0
+            if staged >= limit:
+                raise TooManyTransfers()
         try:
             for _attempt in range(3):
                 d.mkdir(parents=True, exist_ok=True)

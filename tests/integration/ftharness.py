@@ -34,6 +34,7 @@ class ServerProcess:
         self.extra = list(extra)
         self.proc: subprocess.Popen[str] | None = None
         self.mqtt_port = 0
+        self.mqtts_port = 0
         self.http_port = 0
         self.stderr_path = data_dir.parent / f"{data_dir.name}-stderr.log"
         self.env = dict(os.environ)
@@ -59,6 +60,8 @@ class ServerProcess:
                 raise RuntimeError(f"ftserver exited at start: {self.stderr()}")
             if line.startswith("ftserver: mqtt listening on "):
                 self.mqtt_port = int(line.rsplit(":", 1)[1])
+            elif line.startswith("ftserver: mqtts listening on "):
+                self.mqtts_port = int(line.rsplit(":", 1)[1])
             elif line.startswith("ftserver: http listening on "):
                 self.http_port = int(line.rsplit(":", 1)[1])
             elif line.startswith("ftserver: data directory"):
@@ -105,6 +108,9 @@ class FtClient:
         clean: bool = True,
         session_expiry: int | None = None,
         subscribe: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         self.client_id = client_id
         self.v5 = v5
@@ -125,6 +131,10 @@ class FtClient:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if tls is not None:
+            self.client.tls_set(**tls)
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)

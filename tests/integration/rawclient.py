@@ -39,12 +39,19 @@ class RawClient:
         clean: bool = True,
         keep_alive: int = 60,
         properties: Properties | None = None,
+        username: str | None = None,
+        password: bytes | None = None,
     ) -> Any:
-        self.send(
-            codec.encode_connect(
-                Connect(client_id, self.level, clean, keep_alive, properties=properties or {})
-            )
+        connect = Connect(
+            client_id,
+            self.level,
+            clean,
+            keep_alive,
+            username=username,
+            password=password,
+            properties=properties or {},
         )
+        self.send(codec.encode_connect(connect))
         return self.recv()
 
     def next_pid(self) -> int:

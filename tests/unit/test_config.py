@@ -137,6 +137,9 @@ def test_load_file(tmp_path: Path) -> None:
 
         [export]
         kind = "local"
+
+        [security]
+        allow_anonymous = true
         """,
     )
     c = load_config(path, {})
@@ -147,7 +150,13 @@ def test_load_file(tmp_path: Path) -> None:
     assert c.mqtt.session_expiry_max == 0
     assert c.mqtt.connect_timeout == 0.5
     assert c.http.listen == HostPort("localhost", 8080)
-    assert c.limits == cfgmod.LimitsConfig(1_000_000, 1024, 5)
+    limits = c.limits
+    assert (limits.max_packet_size, limits.max_file_size, limits.max_inflight_responses) == (
+        1_000_000,
+        1024,
+        5,
+    )
+    assert c.security.allow_anonymous is True
     assert c.transfer == cfgmod.TransferConfig(30.0, 1, 3600, 172800.0)
     assert c.storage.durability == "sync"
 
@@ -176,6 +185,7 @@ def test_overrides_accept_typed_values() -> None:
         {
             "server.data_dir": Path("/tmp/x"),
             "mqtt.listen": HostPort("0.0.0.0", 0),
+            "security.allow_anonymous": True,
             "limits.max_file_size": 10,
             "transfer.assemble_timeout": 2,
         },
@@ -528,3 +538,37 @@ def test_doc_defaults_parse_as_toml() -> None:
     for key, (_kind, default, _meaning) in doc_rows().items():
         value: Any = tomllib.loads(f"v = {default}")["v"]
         assert load_config(None, {key: value}) == Config(), key
+
+
+def test_public_mqtt_listener_needs_authentication(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"security\.password_file: MQTT would listen on"):
+        load_config(None, {"mqtt.listen": "0.0.0.0:1883"})
+    with pytest.raises(ConfigError, match=r"security\.password_file: no such file"):
+        load_config(None, {"security.password_file": str(tmp_path / "nope")})
+    users = tmp_path / "users"
+    users.write_text("")
+    c = load_config(None, {"mqtt.listen": "0.0.0.0:1883", "security.password_file": str(users)})
+    assert c.security.password_file == str(users)
+    c = load_config(None, {"mqtt.listen": "0.0.0.0:1883", "security.allow_anonymous": "true"})
+    assert c.security.allow_anonymous
+    # loopback only: anonymous is fine
+    assert load_config(None, {"mqtt.listen": "127.0.0.1:1883"}).security.password_file == ""
+
+
+def test_tls_listener_needs_its_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_cert: required"):
+        load_config(None, {"mqtt.tls_listen": "127.0.0.1:8883"})
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    base = {"mqtt.tls_listen": "127.0.0.1:8883", "mqtt.tls_cert": str(cert)}
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_key: required"):
+        load_config(None, base)
+    base["mqtt.tls_key"] = str(key)
+    assert load_config(None, base).mqtt.tls_listen == "127.0.0.1:8883"
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_ca"):
+        load_config(None, {**base, "mqtt.tls_client_cert": "required"})
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_identity"):
+        load_config(None, {**base, "mqtt.tls_identity": "username"})
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_listen"):
+        load_config(None, {**base, "mqtt.tls_listen": "nonsense"})

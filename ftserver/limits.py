@@ -1,0 +1,126 @@
+"""Limits and quotas that keep one client (or a flood of them) from taking the server down.
+
+Each limit is a configuration key (``[limits]``, docs/configuration.md) with a safe default
+and a metric when it is hit. With several worker processes, the connection limits are
+enforced per worker, each worker taking its share (rounded up) of the configured total.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftserver.errors import QuotaExceeded, StorageFull
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    #: connections this process accepts at once (0: no limit)
+    max_connections: int = 0
+    #: connections from one source address this process accepts at once (0: no limit)
+    max_connections_per_ip: int = 0
+    #: unfinished transfers one client may have (0: no limit); more -> 0x83
+    max_transfers_per_client: int = 0
+    #: segment bytes per second one client may send (0: no limit); faster -> 0x97
+    client_byte_rate: int = 0
+    #: below this much free space on the staging filesystem new data gets 0x97
+    staging_low_water: int = 0
+
+    def share(self, workers: int) -> Limits:
+        """This worker's part of the connection limits."""
+        if workers <= 1:
+            return self
+
+        def part(n: int) -> int:
+            return math.ceil(n / workers) if n else 0
+
+        return Limits(
+            part(self.max_connections),
+            part(self.max_connections_per_ip),
+            self.max_transfers_per_client,
+            self.client_byte_rate,
+            self.staging_low_water,
+        )
+
+
+class ConnectionCounter:
+    """Open connections, in total and per source address."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_ip: dict[str, int] = {}
+
+    def admit(self, ip: str) -> bool:
+        lim = self.limits
+        if lim.max_connections and self.total >= lim.max_connections:
+            return False
+        n = self.per_ip.get(ip, 0)
+        if lim.max_connections_per_ip and n >= lim.max_connections_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] = n + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        n = self.per_ip.get(ip, 1) - 1
+        if n:
+            self.per_ip[ip] = n
+        else:
+            self.per_ip.pop(ip, None)
+
+
+class ByteRate:
+    """A token bucket per client: ``rate`` bytes per second, bursts up to one second's
+    worth. A segment larger than that passes when the bucket is full (and leaves a debt),
+    so every legal segment eventually gets through."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.capacity = float(rate)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client_id: str, n: int, now: float | None = None) -> None:
+        """Consume ``n`` bytes or raise QuotaExceeded (nothing consumed then)."""
+        if not self.rate:
+            return
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(client_id, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if n > tokens and tokens < self.capacity:
+            self._buckets[client_id] = (tokens, now)
+            raise QuotaExceeded()
+        self._buckets[client_id] = (tokens - n, now)
+
+    def forget(self, client_id: str) -> None:
+        self._buckets.pop(client_id, None)
+
+
+class DiskWatch:
+    """Free space on the staging filesystem, measured at most every ``interval`` seconds."""
+
+    def __init__(self, path: Path, low_water: int, interval: float = 1.0) -> None:
+        self.path = path
+        self.low_water = low_water
+        self.interval = interval
+        self._checked = -interval
+        self.free = 1 << 62
+
+    def check(self, now: float | None = None) -> None:
+        """Raise StorageFull when free space is under the low-water mark."""
+        if not self.low_water:
+            return
+        now = time.monotonic() if now is None else now
+        if now - self._checked >= self.interval:
+            self._checked = now
+            try:
+                st = os.statvfs(self.path)
+                self.free = st.f_bavail * st.f_frsize
+            except OSError:
+                pass
+        if self.free < self.low_water:
+            raise StorageFull()
