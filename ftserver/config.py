@@ -542,6 +542,13 @@ class SecurityConfig:
             "Accept clients without credentials on a non-loopback MQTT listener.",
         ),
     )
+    acl_file: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "ACL rules (TOML): extra response topics per user/client pattern, upload on/off.",
+        ),
+    )
 
 
 #: canned ACLs S3 accepts on upload (``export.acl``); ``none`` sends no ACL header
@@ -966,6 +973,13 @@ def _check_mqtt_security(config: Config) -> None:
             f"security.password_file: no such file {sec.password_file!r} "
             "(create it with `ftserver passwd FILE USER`)"
         )
+    if sec.acl_file:
+        from ftserver.acl import Acl, AclError
+
+        try:
+            Acl.load(Path(sec.acl_file))
+        except AclError as exc:
+            raise ConfigError(f"security.acl_file: {exc}") from None
     public = [lst for lst in listeners if not is_loopback_host(lst.host)]
     certified = bool(mqtt.tls_listen) and mqtt.tls_client_cert == "required"
     if public and not (sec.password_file or sec.allow_anonymous or certified):

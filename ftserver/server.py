@@ -24,8 +24,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
 from ftserver.config import Config, HostPort, host_port, is_loopback_host
+from ftserver.export import close_exporter, make_exporter
 from ftserver.http.api import ApiContext, build_app
 from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
 from ftserver.mqtt.connection import MqttConnection, ServerContext
@@ -99,6 +101,7 @@ class Server:
             idle_close=IDLE_CLOSE,
             hooks=_StoreMetrics(),
             max_transfers_per_client=cfg.limits.max_transfers_per_client,
+            exporter=make_exporter(cfg.export, self.data_dir),
         )
         dispatcher = Dispatcher(
             self.store,
@@ -175,6 +178,8 @@ class Server:
             is_loopback_host(lst.host) for lst in listeners
         )
         ctx.tls_identity = cfg.mqtt.tls_identity
+        if sec.acl_file:
+            ctx.acl = Acl.load(Path(sec.acl_file))
 
     async def _start_http(self) -> None:
         from ftserver import metrics
@@ -243,6 +248,7 @@ class Server:
                 conn.shutdown()
         if self.store is not None:
             await self.store.close()
+            await close_exporter(self.store.exporter)
         if self.ctx is not None:
             self._flush_metrics()
         if self._mqtt is not None:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftserver.acl import DEFAULT_GRANT, Acl
 from ftserver.auth import FAILED_LOGIN_DELAY, PasswordFile
-from ftserver.errors import FtError
+from ftserver.errors import FtError, NotAuthorized
 from ftserver.export.layout import esc_len
 from ftserver.limits import ConnectionCounter, Limits
 from ftserver.mqtt import codec
@@ -55,6 +56,7 @@ from ftserver.transfer.dispatch import (
     Deferred,
     Dispatcher,
     Outcome,
+    is_file_command_topic,
     outcome_of,
 )
 
@@ -93,6 +95,8 @@ class ServerContext:
         self.anonymous_ok = True
         #: what a verified client certificate's CN stands for: "none", "username", "clientid"
         self.tls_identity = "none"
+        #: access rules (None: the built-in ones only)
+        self.acl: Acl | None = None
 
 
 @dataclass(slots=True)
@@ -128,6 +132,7 @@ class MqttConnection(asyncio.BufferedProtocol):
         self._connecting = False
         self._admitted = True
         self._ip = ""
+        self._grant = DEFAULT_GRANT
         self._client_receive_maximum = DEFAULT_CLIENT_RECEIVE_MAXIMUM
         self._client_max_packet = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -334,6 +339,9 @@ class MqttConnection(asyncio.BufferedProtocol):
             self.close()
             return
         self.client_id = client_id
+        username = cert_cn if identity == "username" else p.username
+        if self.ctx.acl is not None:
+            self._grant = self.ctx.acl.grant(username, client_id)
         # authentication and (with workers) the session registry answer asynchronously;
         # nothing after the CONNECT is processed until the CONNACK
         certified = identity != "none"
@@ -515,7 +523,10 @@ class MqttConnection(asyncio.BufferedProtocol):
                 R.RECEIVE_MAXIMUM_EXCEEDED,
                 "MQTT-3.3.4-9: more QoS 1/2 PUBLISH in flight than the Receive Maximum",
             )
-        result = self.ctx.dispatcher.process(self.client_id, p)
+        if not self._grant.upload and is_file_command_topic(topic):
+            result: Outcome | Deferred | None = outcome_of(NotAuthorized())
+        else:
+            result = self.ctx.dispatcher.process(self.client_id, p)
         if result is None:
             # not a file-transfer command: nobody to route it to in standalone mode
             if qos:
@@ -694,7 +705,8 @@ class MqttConnection(asyncio.BufferedProtocol):
             return R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
         if topic_filter.startswith("$"):
             own = RESPONSE_PREFIX + self.client_id
-            if topic_filter != own or "+" in topic_filter or "#" in topic_filter:
+            wild = "+" in topic_filter or "#" in topic_filter
+            if (topic_filter != own or wild) and not self._grant.may_subscribe(topic_filter):
                 return R.NOT_AUTHORIZED
         return min(qos, 1)
 

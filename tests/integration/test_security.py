@@ -7,6 +7,8 @@ import json
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -18,7 +20,7 @@ import trustme
 from ftharness import FtClient, ServerProcess, find_export, metric, scrape
 from ftserver.auth import set_password
 from ftserver.config import load_config
-from ftserver.mqtt.packets import Connack
+from ftserver.mqtt.packets import Connack, Publish, Suback
 from ftserver.server import Server
 from rawclient import RawClient
 
@@ -233,3 +235,41 @@ def test_storage_low_water_pauses_new_data_only(make_server: Callable[..., Serve
         assert find_export(srv2.exports, "low", "w", "w").read_bytes() == b"before"
     finally:
         assert srv2.stop() == 0
+
+
+def test_acl_rules(make_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    acl = tmp_path / "acl.toml"
+    acl.write_text(
+        '[[rule]]\nclientid = "monitor-*"\nsubscribe = ["$file-response/#"]\n\n'
+        '[[rule]]\nclientid = "kiosk-*"\nupload = false\n'
+    )
+    srv = make_server("--set", f"security.acl_file={acl}")
+    with RawClient(srv.mqtt_port) as mon:
+        mon.connect("monitor-1")
+        ack = mon.subscribe("$file-response/#", "$file-response/+", "$SYS/#")
+        assert isinstance(ack, Suback) and ack.reason_codes == [1, 1, 0x87]
+        with RawClient(srv.mqtt_port) as other:
+            other.connect("device-9")
+            ack = other.subscribe("$file-response/#", "$file-response/device-9")
+            assert isinstance(ack, Suback) and ack.reason_codes == [0x87, 1]
+            dev = FtClient(srv.mqtt_port, "device-7")
+            assert dev.command("$file/m/init", json.dumps({"name": "m"})) == 0
+            dev.close()
+        # the monitor sees device-7's document (once per matching subscription filter: MQTT
+        # delivers one copy per session)
+        doc = mon.recv()
+        assert isinstance(doc, Publish) and doc.topic == "$file-response/device-7"
+        assert json.loads(doc.payload)["topic"] == "$file/m/init"
+    kiosk = FtClient(srv.mqtt_port, "kiosk-3")
+    assert kiosk.command("$file/k/init", json.dumps({"name": "k"})) == 0x87
+    assert kiosk.doc_for("$file/k/init")["reason_description"] == "not_authorized"
+    assert kiosk.command("telemetry/x", b"1") == 0x10  # ordinary publishes are unaffected
+    kiosk.close()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nclientid = "x"\nupload = "yes"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "ftserver", "serve", "--set", f"security.acl_file={bad}",
+         "--data", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "security.acl_file" in out.stderr
