@@ -1,5 +1,5 @@
 # The dev loop; every target calls the same scripts as CI.
-.PHONY: build debug test lint bench bench-quick serve clean
+.PHONY: build debug test lint fuzz bench bench-quick serve clean
 
 build:
 	. ci/env.sh && install_project test
@@ -9,6 +9,10 @@ debug:
 
 test:
 	ci/test
+
+fuzz:  # a long fuzzing pass over the MQTT decoder and the command parser
+	FTSERVER_FUZZ_EXAMPLES=20000 .venv/bin/pytest -p no:cacheprovider \
+		tests/protocol/test_codec_fuzz.py tests/unit/test_commands.py -k "fuzz or never or random or garbage or mutat"
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

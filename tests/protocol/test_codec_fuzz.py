@@ -8,6 +8,7 @@ stays bounded by what it was fed plus the limit.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,11 @@ from ftserver.mqtt.spec import MQTT_V5, MQTT_V311
 
 from .strategies import client_packets, connects, server_packets
 
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: CI runs a short fuzzing pass; `make fuzz` (FTSERVER_FUZZ_EXAMPLES=20000) a long one
+EXAMPLES = int(os.environ.get("FTSERVER_FUZZ_EXAMPLES", "250"))
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 LIMIT = 4096
 READ_SIZE = 512
 

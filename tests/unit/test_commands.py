@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftserver import errors
@@ -380,6 +381,10 @@ LEVEL = st.one_of(
 )
 
 
+FUZZ = settings(max_examples=int(os.environ.get("FTSERVER_FUZZ_EXAMPLES", "100")), deadline=None)
+
+
+@FUZZ
 @given(st.lists(LEVEL, max_size=6), st.sampled_from(["$file/", "$file-async/", "$file", ""]))
 def test_parse_never_raises_anything_but_fterror(levels: list[str], head: str) -> None:
     topic = head + "/".join(levels)
@@ -392,6 +397,7 @@ def test_parse_never_raises_anything_but_fterror(levels: list[str], head: str) -
         assert cmd.is_async == topic.startswith("$file-async/")
 
 
+@FUZZ
 @given(st.text(max_size=60))
 def test_parse_random_text(topic: str) -> None:
     with contextlib.suppress(errors.FtError):
