@@ -17,10 +17,10 @@ fuzz:  # a long fuzzing pass over the MQTT decoder and the command parser
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
-bench:
+bench:        # micro + end-to-end scenarios beside their baselines, 5 repetitions (~30 min)
 	ci/bench
 
-bench-quick:
+bench-quick:  # the same, small and 3 repetitions (< 3 min); results in bench/results/
 	ci/bench --quick
 
 serve:

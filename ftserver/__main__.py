@@ -2,6 +2,8 @@
 
 Commands:
   ftserver serve [options]   run the server (python -m ftserver serve is the same)
+  ftserver upload FILE       upload a file over MQTT (the uploader; docs/client.md)
+  ftserver files list|get    list or download exports through the HTTP API
 
 Configuration comes from built-in defaults, then a TOML file (--config), then the flags;
 flags win. Every configuration key is documented in docs/configuration.md; any key can also
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("user", help="the user name")
     pw.add_argument("--delete", action="store_true", help="remove the user")
     pw.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    from ftserver.client.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -130,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "passwd":
         return _passwd(args)
+    if args.command == "upload":
+        from ftserver.client.cli import run_upload
+
+        return run_upload(args)
+    if args.command == "files":
+        from ftserver.client.cli import run_files
+
+        return run_files(args)
     if args.command != "serve":  # pragma: no cover - argparse allows only known commands
         parser.error(f"unknown command {args.command!r}")
     overrides: dict[str, object] = {}

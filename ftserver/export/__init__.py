@@ -1,1 +1,38 @@
-"""export."""
+"""Exporters: where finished files go (PROTOCOL.md §6).
+
+:func:`make_exporter` builds the one ``export.kind`` names: the local directory in EMQX's
+layout (:mod:`ftserver.export.local`) or an S3-compatible bucket (:mod:`ftserver.export.s3`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ftserver.config import ExportConfig
+    from ftserver.export.local import Exporter
+
+__all__ = ["close_exporter", "make_exporter"]
+
+
+def make_exporter(cfg: ExportConfig, data_dir: Path) -> Exporter:
+    """The exporter of ``export.kind``: ``<data_dir>/exports`` for ``local``; for ``s3`` the
+    configured bucket, with its local index in ``<data_dir>/exports-s3``."""
+    if cfg.kind == "s3":
+        from ftserver.export.s3 import S3Exporter, index_root
+
+        return S3Exporter(cfg, index_root(data_dir))
+    from ftserver.export.local import LocalExporter
+
+    return LocalExporter(data_dir / "exports")
+
+
+async def close_exporter(exporter: object) -> None:
+    """Release what an exporter holds (the S3 client and its thread); a no-op for others."""
+    close = getattr(exporter, "close", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result

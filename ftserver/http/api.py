@@ -39,6 +39,14 @@ from multidict import CIMultiDict
 from ftserver.config import Config
 from ftserver.errors import FtError
 from ftserver.export.collector import delete_export
+from ftserver.export.s3 import (
+    S3Bucket,
+    S3Object,
+    index_root,
+    parse_key,
+    remove_index_entry,
+    s3_error,
+)
 from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.http.openapi import OPENAPI
@@ -83,8 +91,22 @@ class ApiContext:
         return self.data_dir / "exports"
 
 
+class _S3Client:
+    """The API's S3 client (``export.kind = "s3"``), opened on first use."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.bucket = S3Bucket(ctx.config.export)
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> S3Bucket:
+        async with self._lock:
+            await self.bucket.open()
+        return self.bucket
+
+
 _CTX: Final = web.AppKey("ftserver_api_ctx", ApiContext)
 _POOL: Final = web.AppKey("ftserver_api_pool", ThreadPoolExecutor)
+_S3: Final = web.AppKey("ftserver_api_s3", _S3Client)
 
 
 class ApiError(Exception):
@@ -278,6 +300,8 @@ def _file_item(ctx: ApiContext, e: disk.ExportEntry) -> dict[str, JsonValue]:
 async def _list_files(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     limit = _limit(request)
+    if _S3 in request.app:
+        return await _s3_list_files(request, limit)
     after = _following(request, "e", 6)
     entries, more = await _run(request, _page, disk.iter_exports(ctx.exports_dir, after), limit)
     body: dict[str, JsonValue] = {"files": [_file_item(ctx, e) for e in entries]}
@@ -298,6 +322,8 @@ _FILES_NOT_FOUND = "Files requested for this transfer could not be found"
 async def _transfer_files(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     client_id, file_id = _transfer_ids(request)
+    if _S3 in request.app:
+        return await _s3_transfer_files(request, client_id, file_id)
     entries = await _run(request, disk.exports_of_transfer, ctx.exports_dir, client_id, file_id)
     if not entries:
         raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
@@ -312,7 +338,10 @@ def _delete_transfer(root: Path, client_id: str, file_id: str) -> int:
 async def _delete_transfer_files(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     client_id, file_id = _transfer_ids(request)
-    removed = await _run(request, _delete_transfer, ctx.exports_dir, client_id, file_id)
+    if _S3 in request.app:
+        removed = await _s3_delete_transfer(request, client_id, file_id)
+    else:
+        removed = await _run(request, _delete_transfer, ctx.exports_dir, client_id, file_id)
     if not removed:
         raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
     log.info("HTTP API: deleted %d export(s) of %r/%r", removed, client_id, file_id)
@@ -374,6 +403,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if fileref is None:
         raise ApiError(400, "BAD_REQUEST", "missing query parameter: fileref")
     # "node" (EMQX's cluster node holding the file) is accepted and ignored: one node here
+    if _S3 in request.app:
+        await _s3_redirect(request, fileref)
     path = await _run(request, disk.resolve_fileref, ctx.exports_dir, fileref)
     if path is None:
         raise ApiError(404, "NOT_FOUND", "Not found")
@@ -384,6 +415,78 @@ async def _download(request: web.Request) -> web.StreamResponse:
             hdrs.CONTENT_DISPOSITION: _content_disposition(fileref.rsplit("/", 1)[-1]),
         },
     )
+
+
+# --------------------------------------------------------------------------------------------
+# S3 exports (export.kind = "s3"): listed from the bucket, downloaded through presigned URLs
+
+
+async def _s3(request: web.Request, coro: Awaitable[T]) -> T:
+    """Await an S3 call; a failure of S3 is a 502 whose message says what happened."""
+    try:
+        return await coro
+    except (ApiError, web.HTTPException):
+        raise
+    except Exception as exc:
+        err = s3_error(exc)
+        log.warning("HTTP API: S3 request for %s failed: %s (%r)", request.path, err, exc)
+        raise ApiError(502, "S3_ERROR", err.description) from None
+
+
+async def _s3_item(bucket: S3Bucket, obj: S3Object) -> dict[str, JsonValue]:
+    try:
+        timestamp = _rfc3339(obj.last_modified)
+    except (OverflowError, OSError, ValueError):
+        timestamp = _rfc3339(0)
+    return {
+        "clientid": obj.client_id,
+        "fileid": obj.file_id,
+        "name": obj.name,
+        "size": obj.size,
+        "timestamp": timestamp,
+        "uri": await bucket.presign(obj.key),
+        "metadata": obj.metadata,
+    }
+
+
+async def _s3_list_files(request: web.Request, limit: int) -> web.Response:
+    after = _following(request, "s", 1)
+    bucket = await _s3(request, request.app[_S3].get())
+    objects, more = await _s3(request, bucket.list_keys(after[0] if after else "", limit))
+    items = await _s3(request, bucket.describe(objects))
+    body: dict[str, JsonValue] = {"files": [await _s3_item(bucket, o) for o in items]}
+    if more and objects:
+        # the S3 marker: the last key of this page, whether or not its HEAD still found it
+        body["cursor"] = encode_cursor("s", (str(objects[-1]["Key"]),))
+    return web.json_response(body)
+
+
+async def _s3_transfer_files(request: web.Request, client_id: str, file_id: str) -> web.Response:
+    bucket = await _s3(request, request.app[_S3].get())
+    items = await _s3(request, bucket.transfer_objects(client_id, file_id))
+    if not items:
+        raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
+    return web.json_response({"files": [await _s3_item(bucket, o) for o in items]})
+
+
+async def _s3_delete_transfer(request: web.Request, client_id: str, file_id: str) -> int:
+    ctx = request.app[_CTX]
+    bucket = await _s3(request, request.app[_S3].get())
+    removed = await _s3(request, bucket.delete_transfer(client_id, file_id))
+    # the workers' local index of the export (it answers retransmitted commands)
+    indexed = await _run(request, remove_index_entry, index_root(ctx.data_dir), client_id, file_id)
+    return max(removed, indexed)
+
+
+async def _s3_redirect(request: web.Request, fileref: str) -> None:
+    """Answer a download of an S3 export (``fileref`` is its key) with a redirect to a
+    presigned URL; 404 when there is no such object."""
+    if parse_key(fileref) is None:
+        raise ApiError(404, "NOT_FOUND", "Not found")
+    bucket = await _s3(request, request.app[_S3].get())
+    if await _s3(request, bucket.head(fileref)) is None:
+        raise ApiError(404, "NOT_FOUND", "Not found")
+    raise web.HTTPTemporaryRedirect(await bucket.presign(fileref))
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +508,13 @@ def build_app(ctx: ApiContext) -> web.Application:
         pool.shutdown(wait=False, cancel_futures=True)
 
     app.on_cleanup.append(shutdown_pool)
+    if ctx.config.export.kind == "s3":
+        s3 = app[_S3] = _S3Client(ctx)
+
+        async def close_s3(_app: web.Application) -> None:
+            await s3.bucket.close()
+
+        app.on_cleanup.append(close_s3)
 
     r = app.router
     r.add_get("/healthz", _healthz, allow_head=False)

@@ -40,6 +40,11 @@ _UNAUTHORIZED: Final = _error(
 )
 _BAD_REQUEST: Final = _error("Bad limit or cursor.", "BAD_REQUEST")
 _FILES_NOT_FOUND: Final = _error("No export of this transfer.", "FILES_NOT_FOUND")
+_S3_ERROR: Final = _error(
+    'With `export.kind = "s3"`: the bucket could not be read; `message` says why '
+    "(`s3_no_such_bucket`, `s3_access_denied`, `s3_unavailable`, ...).",
+    "S3_ERROR",
+)
 
 _TRANSFER_PARAMS: Final = [
     {"$ref": "#/components/parameters/clientid"},
@@ -56,7 +61,8 @@ _DOWNLOAD: Final = {
     "description": (
         "Streams the file named by `fileref` (a path below the exports root, as the `uri` of "
         "a file item carries it). Supports HTTP Range requests (206, 416) and conditional "
-        "requests (ETag, Last-Modified)."
+        'requests (ETag, Last-Modified). With `export.kind = "s3"`, `fileref` is the '
+        "object key and the answer is a 307 redirect to a presigned URL."
     ),
     "parameters": [
         {"$ref": "#/components/parameters/fileref"},
@@ -89,7 +95,9 @@ _DOWNLOAD: Final = {
             "the exports root, or an export not (yet) complete.",
             "NOT_FOUND",
         ),
+        "307": {"description": "S3 exports: redirect (Location) to a presigned GET URL."},
         "416": {"description": "The range is not satisfiable (Content-Range: bytes */size)."},
+        "502": _S3_ERROR,
     },
 }
 
@@ -151,13 +159,15 @@ OPENAPI: Final[dict[str, Any]] = {
                     "Exports in a stable order (by their path below the exports root). "
                     "`cursor` is present only when more files follow; pass it as "
                     "`following` to get the next page. A cursor stays valid while files "
-                    "are added or removed."
+                    'are added or removed. With `export.kind = "s3"` the files are the '
+                    "bucket's objects in key order, and the cursor carries the S3 marker."
                 ),
                 "parameters": _PAGE_PARAMS,
                 "responses": {
                     "200": _json("A page of files.", "FilesPage"),
                     "400": _BAD_REQUEST,
                     "401": _UNAUTHORIZED,
+                    "502": _S3_ERROR,
                 },
             }
         },
@@ -170,6 +180,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     "200": _json("The transfer's files (normally one).", "FilesPage"),
                     "401": _UNAUTHORIZED,
                     "404": _FILES_NOT_FOUND,
+                    "502": _S3_ERROR,
                 },
             },
             "delete": {
@@ -184,6 +195,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     "204": {"description": "Deleted."},
                     "401": _UNAUTHORIZED,
                     "404": _FILES_NOT_FOUND,
+                    "502": _S3_ERROR,
                 },
             },
         },
@@ -287,7 +299,10 @@ OPENAPI: Final[dict[str, Any]] = {
                     },
                     "uri": {
                         "type": "string",
-                        "description": "Download path (/api/v5/file_transfer/file?...).",
+                        "description": (
+                            "Download path (/api/v5/file_transfer/file?...); with "
+                            '`export.kind = "s3"`, a presigned GET URL of the object.'
+                        ),
                     },
                     "metadata": {
                         "type": "object",

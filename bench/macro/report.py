@@ -1,0 +1,190 @@
+"""Writing a suite's results: ``macro.json``, ``macro.md`` (every scenario's table and the
+targets of PERFORMANCE.md) and ``macro.png`` (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.macro.common import Row
+from bench.macro.targets import Results, judge
+
+#: the metrics shown per scenario (all are in the JSON)
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "throughput": [
+        ("MBps", "MB/s"),
+        ("msg_per_s", "segments/s"),
+        ("server_cpu_s_per_GiB", "server CPU s/GiB"),
+        ("server_rss_peak_MB", "server RSS MB"),
+        ("loadgen_cpu_s", "loadgen CPU s"),
+    ],
+    "fin": [("fin_ms", "fin ms"), ("upload_MBps", "upload MB/s")],
+    "scale": [
+        ("errors", "errors"),
+        ("ramp_s", "ramp s"),
+        ("files_per_s", "files/s"),
+        ("rss_before_MB", "RSS before MB"),
+        ("rss_idle_MB", "RSS idle MB"),
+        ("idle_conn_KiB", "KiB/idle conn"),
+        ("server_rss_peak_MB", "RSS peak MB"),
+        ("server_cpu_s", "server CPU s"),
+    ],
+    "churn": [
+        ("MBps", "MB/s"),
+        ("drops", "drops"),
+        ("resent", "resent segs"),
+        ("resume_ms", "drop→ack ms"),
+        ("errors", "errors"),
+        ("server_cpu_s_per_GiB", "server CPU s/GiB"),
+    ],
+    "restart": [
+        ("restart_s", "restart s"),
+        ("reread_MiB", "re-read MiB"),
+        ("fin_ms", "fin ms"),
+        ("recovery_s", "recovery s"),
+        ("kill_to_all_resumed_s", "kill→all resumed s"),
+        ("resume_ms_p99", "resume p99 ms"),
+    ],
+}
+HEADLINE = {
+    "throughput": "MBps",
+    "fin": "fin_ms",
+    "scale": "idle_conn_KiB",
+    "churn": "MBps",
+    "restart": "kill_to_all_resumed_s",
+}
+
+
+def _cell(row: Row, metric: str) -> str:
+    s = row.metric(metric)
+    if not s:
+        return "—"
+    return f"{s['median']:.4g} ({s['min']:.3g}–{s['max']:.3g})"
+
+
+def scenario_table(scenario: str, rows: list[Row]) -> str:
+    cols = COLUMNS[scenario]
+    header = ["case", "target", *[c[1] for c in cols], "runs"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        if r.scenario != scenario:
+            continue
+        runs = f"{len(r.runs)}" + (f" ({len(r.errors)} failed)" if r.errors else "")
+        cells = [r.case, r.target, *[_cell(r, m) for m, _ in cols], runs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def process_table(rows: list[Row], case: str = "64 KiB segments, 8 uploaders") -> str:
+    """CPU seconds and peak RSS of each server process (medians over the repetitions)."""
+    lines = ["| target | process | CPU s | peak RSS MB |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        if r.scenario != "throughput" or r.case != case or not r.runs:
+            continue
+        roles = sorted({k.rsplit(".", 1)[0] for k in r.runs[0] if k.endswith(".cpu_s")})
+        for role in roles:
+            cpu = r.median(f"{role}.cpu_s")
+            rss = r.median(f"{role}.rss_peak_MB")
+            lines.append(f"| {r.target} | {role} | {cpu or 0:.3g} | {rss or 0:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def quick_line(rows: list[Row]) -> str:
+    """``ftserver X MB/s, mosquitto Y MB/s, naive Z MB/s, ratios X/Y X/Z`` (64 KiB × 8)."""
+    res = Results(rows, {})
+    case = "64 KiB segments, 8 uploaders"
+    x = res.med("throughput", "ftserver", "MBps", case) or 0.0
+    y = res.med("throughput", "mosquitto", "MBps", case) or 0.0
+    z = res.med("throughput", "naive", "MBps", case) or 0.0
+    rx = f"{x / y:.2f}" if y else "n/a"
+    rz = f"{x / z:.2f}" if z else "n/a"
+    return f"ftserver {x:.0f} MB/s, mosquitto {y:.0f} MB/s, naive {z:.0f} MB/s, ratios {rx} {rz}"
+
+
+def markdown(rows: list[Row], floors: dict[str, float], meta: dict[str, Any]) -> str:
+    out = ["# ftserver macro benchmarks", ""]
+    out.append(
+        f"{meta['when']} · {'quick' if meta['quick'] else 'full'} · {meta['repeat']} "
+        f"repetitions, interleaved · ftserver workers: {meta['workers'] or 'one per core'} · "
+        f"window {meta['window']} · {meta['cpus']} CPUs · open files {meta.get('nofile', '?')} · "
+        f"load average before "
+        f"{meta['load_before']}, after {meta.get('load_after', '?')}"
+    )
+    out.append("")
+    out.append("Medians, spread (min–max) in parentheses. Server CPU and RSS: every process of "
+               "the server (ftserver: supervisor and workers; naive: Mosquitto and the "
+               "subscriber), user + system, over the upload phase only.")  # fmt: skip
+    out.append("")
+    out += ["## Targets (PERFORMANCE.md)", ""]
+    out.append("| # | target | ftserver | baseline | ratio | goal | verdict |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for v in judge(Results(rows, floors)):
+        out.append("| " + " | ".join(v.cells()) + " |")
+    out.append("")
+    out.append("Floors measured in this run (the bench process, 512 MiB): "
+               + ", ".join(f"{k} {v:.3g}" for k, v in floors.items()))  # fmt: skip
+    out.append("")
+    for scenario in COLUMNS:
+        if any(r.scenario == scenario for r in rows):
+            out += [f"## {scenario}", "", scenario_table(scenario, rows)]
+            errors = [f"- {r.target}, {r.case}: {e}" for r in rows if r.scenario == scenario
+                      for e in r.errors]  # fmt: skip
+            if errors:
+                out += ["Failures:", "", *errors, ""]
+            notes = [f"- {r.target}: {n}" for r in rows if r.scenario == scenario
+                     for n in r.notes[:3]]  # fmt: skip
+            if notes:
+                out += ["Errors counted:", "", *notes, ""]
+    if any(r.scenario == "throughput" for r in rows):
+        out += ["## Per process, throughput at 64 KiB × 8", "", process_table(rows), ""]
+        out += ["## Scenario 1, 64 KiB × 8", "", quick_line(rows), ""]
+    return "\n".join(out)
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [s for s in COLUMNS if any(r.scenario == s and r.runs for r in rows)]
+    if not scenarios:
+        return
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 3.6 * len(scenarios)))
+    if len(scenarios) == 1:
+        axes = [axes]
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        metric = HEADLINE[scenario]
+        sel = [r for r in rows if r.scenario == scenario and r.metric(metric)]
+        labels = [f"{r.case}\n{r.target}" for r in sel]
+        med = [r.metric(metric)["median"] for r in sel]
+        lo = [m - r.metric(metric)["min"] for m, r in zip(med, sel, strict=True)]
+        hi = [r.metric(metric)["max"] - m for m, r in zip(med, sel, strict=True)]
+        colors = ["tab:blue" if r.target.startswith("ftserver") else "tab:gray" for r in sel]
+        ax.bar(range(len(sel)), med, yerr=[lo, hi], color=colors, capsize=3)
+        ax.set_xticks(range(len(sel)))
+        ax.set_xticklabels(labels, fontsize=6, rotation=60, ha="right")
+        ax.set_title(f"{scenario}: {dict(COLUMNS[scenario]).get(metric, metric)} "
+                     "(median, min–max)", fontsize=9)  # fmt: skip
+        if med and min(med) > 0 and max(med) / min(med) > 50:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(out: Path, rows: list[Row], floors: dict[str, float], meta: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "meta": meta,
+        "floors": floors,
+        "targets": [v.__dict__ for v in judge(Results(rows, floors))],
+        "rows": [r.to_json() for r in rows],
+        "quick_line": quick_line(rows),
+    }
+    (out / "macro.json").write_text(json.dumps(doc, indent=2))
+    md = out / "macro.md"
+    md.write_text(markdown(rows, floors, meta))
+    chart(rows, out / "macro.png")
+    return md

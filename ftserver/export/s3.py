@@ -1,0 +1,847 @@
+"""The S3 exporter: finished files go to an S3-compatible bucket (PROTOCOL.md §6).
+
+Object key ``<esc(clientId)>/<esc(fileId)>/<name>`` and user metadata
+``x-amz-meta-clientid``, ``-fileid``, ``-filemeta``, ``-filemeta-vsn`` exactly as EMQX writes
+them (:func:`ftserver.export.layout.s3_key`, :func:`~ftserver.export.layout.s3_metadata`),
+plus ``x-amz-meta-checksum``: the verified SHA-256 of the file, uppercase hex, so that a
+listing can show it as a local export's manifest does.
+
+How a file is uploaded
+    The staging file (verified, truncated and flushed by the store) is read in place; it is
+    never loaded whole. A file of at most ``export.part_size`` bytes goes in one PUT; a larger
+    one in a multipart upload whose parts (``part_size`` each, raised when the file would
+    need more than 10 000 parts) are read with ``pread`` in a thread and uploaded
+    ``export.upload_concurrency`` at a time, so at most that many parts are in memory. All
+    S3 traffic runs on an event loop of its own in one thread per process (:class:`_IoLoop`):
+    request signing hashes every part (SigV4 over plain HTTP signs the payload) and that work
+    must not stall the MQTT loop.
+
+How failures end
+    Any failure (an S3 error, a lost connection, a local read error, cancellation) aborts
+    the multipart upload before the error is raised. When the abort itself cannot reach S3
+    (the server is down), the upload is written down under ``<index>/.pending-aborts/`` and
+    aborted at the start of the next export; a multipart export also aborts any upload still
+    open for its own key (left by a crash). The error becomes a
+    :class:`~ftserver.errors.StorageError` whose description says what happened
+    (``s3_no_such_bucket``, ``s3_access_denied``, ``s3_signature_does_not_match``,
+    ``s3_unavailable``, ``s3_no_credentials``, ...): the fin's PUBACK and response document
+    carry it, and the transfer stays staged so that a re-sent fin retries.
+
+The local index
+    :meth:`S3Exporter.lookup` runs on the per-command path and must not wait for the
+    network, so every finished export is also recorded on local disk under
+    ``<data_dir>/exports-s3/``, in the local exporter's layout
+    (``<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>.MANIFEST.json``) but without the
+    data: the manifest (``["filemeta", 1, {...}]``) carries the metadata, the checksum, the
+    size and where the object went. It is written after the object is complete, so a crash
+    in between leaves the transfer staged and a re-sent fin uploads it again (the same key,
+    so the object is simply replaced). Deleting a transfer's files through the HTTP API
+    removes the objects and the index entry together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.header
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from ftserver.config import S3_MAX_PART, ExportConfig
+from ftserver.errors import FtError, StorageError
+from ftserver.export.collector import delete_export
+from ftserver.export.layout import (
+    MANIFEST_SUFFIX,
+    esc,
+    export_dir_parts,
+    manifest_bytes,
+    parse_manifest,
+    s3_key,
+    s3_metadata,
+    unesc,
+)
+from ftserver.export.local import INIT_CHECKSUM_KEY, ExportInfo
+from ftserver.storage.journal import fsync_dir
+from ftserver.transfer.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
+
+__all__ = [
+    "INDEX_DIR",
+    "S3Bucket",
+    "S3Exporter",
+    "S3Object",
+    "decode_header_value",
+    "encode_header_value",
+    "index_root",
+    "s3_error",
+]
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: the local index of S3 exports, below the data directory
+INDEX_DIR: Final = "exports-s3"
+#: uploads whose abort could not reach S3, retried at the next export (below the index)
+PENDING_ABORTS: Final = ".pending-aborts"
+#: S3's largest number of parts in one multipart upload
+MAX_PARTS: Final = 10_000
+#: S3's largest page of ListObjects
+LIST_PAGE: Final = 1000
+#: HEAD requests in flight while a listing reads the objects' metadata
+HEAD_CONCURRENCY: Final = 16
+#: parts are rounded up to a whole MiB when a file needs more than MAX_PARTS of part_size
+PART_ROUNDING: Final = 1 << 20
+#: the verified SHA-256 (uppercase hex), ftserver's own key beside EMQX's four
+CHECKSUM_META: Final = "checksum"
+#: manifest keys of the local index (beside the local exporter's extras)
+_BUCKET_KEY, _KEY_KEY, _SIZE_KEY = "s3_bucket", "s3_key", "s3_size"
+
+
+def index_root(data_dir: Path) -> Path:
+    """The local index of S3 exports of a data directory."""
+    return data_dir / INDEX_DIR
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+def _snake(code: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", code)
+    return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()[:48]
+
+
+def s3_error(exc: BaseException) -> StorageError:
+    """The :class:`StorageError` that tells a client (and the log) what went wrong with S3.
+
+    - an error answer from S3: ``s3_`` + its code in snake case (``NoSuchBucket`` →
+      ``s3_no_such_bucket``, ``AccessDenied`` → ``s3_access_denied``,
+      ``SignatureDoesNotMatch`` → ``s3_signature_does_not_match``); a bare HTTP status
+      (HEAD answers have no body) → ``s3_http_<status>``
+    - S3 could not be reached, the connection broke, or a request timed out →
+      ``s3_unavailable``
+    - no credentials in the configuration nor the AWS chain → ``s3_no_credentials``
+    - anything else from the S3 client → ``s3_error``; a local read error → its POSIX name
+    """
+    from botocore import exceptions as bx  # type: ignore[import-untyped]
+
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError) and not isinstance(exc, bx.BotoCoreError):
+        return StorageError.from_oserror(exc)
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if not code or code.isdigit():
+            return StorageError(f"s3_http_{code or status or 'error'}")
+        if code in ("SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"):
+            return StorageError("s3_unavailable")
+        return StorageError("s3_" + (_snake(code) or "error"))
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return StorageError("s3_no_credentials")
+    if isinstance(exc, bx.HTTPClientError | bx.ConnectionError | TimeoutError):
+        return StorageError("s3_unavailable")
+    if isinstance(exc, bx.BotoCoreError):
+        return StorageError("s3_error")
+    return StorageError("s3_error")
+
+
+def _is_gone(exc: BaseException, *codes: str) -> bool:
+    from botocore import exceptions as bx
+
+    if not isinstance(exc, bx.ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code") or "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in codes or (status == 404 and code in ("", "404"))
+
+
+# --------------------------------------------------------------------------------------------
+# metadata header values
+
+_ENCODED_WORD = "=?"
+
+
+def encode_header_value(value: str) -> str:
+    """A metadata value as it can travel in an HTTP header.
+
+    Printable ASCII without surrounding spaces goes as it is (so ``x-amz-meta-clientid`` is
+    the raw clientId, as EMQX sends it, in the common case). Anything else (non-ASCII,
+    control characters, leading or trailing spaces that HTTP would strip, or text that looks
+    like an encoded word) becomes one RFC 2047 encoded word, ``=?UTF-8?B?<base64>?=``: the
+    form S3 documents for non-ASCII metadata (AWS decodes it on the way in and stores the
+    text); botocore refuses raw non-ASCII metadata.
+    """
+    if (
+        value.isascii()
+        and value.isprintable()
+        and value == value.strip(" ")
+        and _ENCODED_WORD not in value
+    ):
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    return f"=?UTF-8?B?{base64.b64encode(raw).decode('ascii')}?="
+
+
+def decode_header_value(value: str) -> str:
+    """The text of a metadata value written by :func:`encode_header_value` (or returned by
+    AWS in RFC 2047 form); any other value is returned as it is."""
+    if _ENCODED_WORD not in value:
+        return value
+    try:
+        parts = email.header.decode_header(value)
+    except (ValueError, LookupError):
+        return value
+    out: list[str] = []
+    for chunk, charset in parts:
+        if isinstance(chunk, bytes):
+            try:
+                out.append(chunk.decode(charset or "ascii", "surrogatepass"))
+            except (UnicodeDecodeError, LookupError):
+                return value
+        else:
+            out.append(chunk)
+    return "".join(out)
+
+
+def object_metadata(client_id: str, file_id: str, meta: FileMeta, checksum: str) -> dict[str, str]:
+    """The user metadata of an export as botocore takes it (names without ``x-amz-meta-``)."""
+    headers = s3_metadata(client_id, file_id, meta)
+    out = {
+        name.removeprefix("x-amz-meta-"): encode_header_value(value)
+        for name, value in headers.items()
+    }
+    out[CHECKSUM_META] = checksum.upper()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the client
+
+
+def part_size_for(size: int, part_size: int) -> int:
+    """The part size of a multipart upload of ``size`` bytes: ``part_size``, raised (to a
+    whole MiB) when the file would need more than :data:`MAX_PARTS` parts."""
+    if size <= part_size * MAX_PARTS:
+        return part_size
+    need = -(-size // MAX_PARTS)
+    return min(-(-need // PART_ROUNDING) * PART_ROUNDING, S3_MAX_PART)
+
+
+def _read_range(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset`` of an open file (pread, continued on short reads)."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            raise OSError(errno.EIO, "staging file shorter than the export")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    """One exported object, as a listing shows it."""
+
+    key: str
+    client_id: str
+    file_id: str
+    name: str
+    size: int
+    last_modified: float
+    #: the manifest-like object (init metadata, checksum, clientid, fileid, exported_at);
+    #: empty when the object has no readable ``x-amz-meta-filemeta``
+    metadata: dict[str, JsonValue]
+
+
+def parse_key(key: str) -> tuple[str, str, str] | None:
+    """(clientId, fileId, name) of an object key in the export layout, else None."""
+    parts = key.split("/")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        client_id, file_id = unesc(parts[0]), unesc(parts[1])
+        check_name(parts[2])
+    except (ValueError, FtError):
+        return None
+    return client_id, file_id, parts[2]
+
+
+def _manifest_of(head: dict[str, Any], last_modified: float) -> dict[str, JsonValue]:
+    """A local-manifest-shaped object from an object's user metadata."""
+    md = {str(k).lower(): str(v) for k, v in (head.get("Metadata") or {}).items()}
+    try:
+        obj = json.loads(md["filemeta"])
+    except (KeyError, ValueError, RecursionError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    manifest: dict[str, JsonValue] = obj
+    checksum = md.get(CHECKSUM_META)
+    if checksum:
+        init = manifest.get("checksum")
+        manifest["checksum"] = checksum.upper()
+        if init is not None:
+            manifest[INIT_CHECKSUM_KEY] = init
+    for header, key in (("clientid", "clientid"), ("fileid", "fileid")):
+        if header in md:
+            manifest[key] = decode_header_value(md[header])
+    manifest["exported_at"] = int(last_modified)
+    return manifest
+
+
+def _timestamp(value: object) -> float:
+    return value.timestamp() if isinstance(value, datetime) else time.time()
+
+
+class S3Bucket:
+    """The configured bucket, through one aiobotocore client bound to one event loop.
+
+    Used by the exporter (on its own loop, :class:`_IoLoop`) and by the HTTP API (on the
+    API's loop). :meth:`open` must run on that loop before any other call; :meth:`close`
+    releases the connections.
+    """
+
+    def __init__(self, cfg: ExportConfig) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: Any = None
+
+    async def open(self) -> None:
+        """Create the client (loads the service model; no request is sent)."""
+        if self._client is not None:
+            return
+        from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
+        from aiobotocore.session import get_session  # type: ignore[import-untyped]
+
+        cfg = self.cfg
+        session = get_session()
+        region = cfg.region or session.get_config_variable("region") or "us-east-1"
+        config = AioConfig(
+            region_name=region,
+            signature_version="s3v4",
+            s3={"addressing_style": cfg.addressing_style},
+            connect_timeout=cfg.request_timeout,
+            read_timeout=cfg.request_timeout,
+            retries={"total_max_attempts": cfg.retries + 1, "mode": "standard"},
+            max_pool_connections=max(10, 2 * cfg.upload_concurrency),
+            # plain checksums only: several S3-compatible servers refuse the newer defaults
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            user_agent_extra="ftserver",
+        )
+        kwargs: dict[str, Any] = {"region_name": region, "config": config}
+        if cfg.endpoint:
+            kwargs["endpoint_url"] = cfg.endpoint
+        if cfg.access_key_id:
+            kwargs["aws_access_key_id"] = cfg.access_key_id
+            kwargs["aws_secret_access_key"] = cfg.secret_access_key
+        if not cfg.tls_verify:
+            kwargs["verify"] = False
+        elif cfg.ca_file:
+            kwargs["verify"] = cfg.ca_file
+        stack = contextlib.AsyncExitStack()
+        self._client = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        self._stack = stack
+
+    async def close(self) -> None:
+        """Close the client and its connections."""
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore S3 client (:meth:`open` first)."""
+        if self._client is None:
+            raise RuntimeError("S3Bucket used before open()")
+        return self._client
+
+    # -- upload ------------------------------------------------------------------------------
+
+    async def put_file(
+        self, key: str, path: Path, size: int, metadata: dict[str, str], pending: Path
+    ) -> None:
+        """Upload ``size`` bytes of the file at ``path`` as object ``key``.
+
+        One PUT up to ``part_size``, else a multipart upload with parts in parallel. A
+        multipart upload that fails is aborted before the error propagates; when that abort
+        cannot reach S3 it is recorded under ``pending`` for a later attempt.
+        """
+        extra: dict[str, Any] = {"Metadata": metadata, "ContentType": "application/octet-stream"}
+        if self.cfg.acl != "none":
+            extra["ACL"] = self.cfg.acl
+        loop = asyncio.get_running_loop()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if size <= self.cfg.part_size:
+                body = await loop.run_in_executor(None, _read_range, fd, 0, size)
+                await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+                return
+            await self.abort_stale(key)
+            created = await self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, **extra
+            )
+            upload_id = str(created["UploadId"])
+            try:
+                parts = await self._upload_parts(key, upload_id, fd, size)
+                await self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except BaseException:
+                await asyncio.shield(self._abort_or_remember(key, upload_id, pending))
+                raise
+        finally:
+            os.close(fd)
+
+    async def _upload_parts(
+        self, key: str, upload_id: str, fd: int, size: int
+    ) -> list[dict[str, Any]]:
+        part = part_size_for(size, self.cfg.part_size)
+        count = -(-size // part)
+        etags: list[str] = [""] * count
+        numbers = iter(range(1, count + 1))  # shared: each uploader takes the next part
+        loop = asyncio.get_running_loop()
+
+        async def uploader() -> None:
+            for number in numbers:
+                offset = (number - 1) * part
+                length = min(part, size - offset)
+                body = await loop.run_in_executor(None, _read_range, fd, offset, length)
+                answer = await self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+                del body
+                etags[number - 1] = str(answer["ETag"])
+
+        tasks = [
+            asyncio.ensure_future(uploader())
+            for _ in range(min(self.cfg.upload_concurrency, count))
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload (one that is already gone counts as aborted)."""
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+        except Exception as exc:
+            if not _is_gone(exc, "NoSuchUpload", "NoSuchKey"):
+                raise
+
+    async def _abort_or_remember(self, key: str, upload_id: str, pending: Path) -> None:
+        try:
+            await self.abort(key, upload_id)
+            log.info("s3: aborted multipart upload of %r", key)
+        except Exception as exc:
+            log.warning(
+                "s3: cannot abort the multipart upload of %r (%s): retried at the next export",
+                key,
+                s3_error(exc).description,
+            )
+            await asyncio.get_running_loop().run_in_executor(
+                None, _remember_abort, pending, self.bucket, key, upload_id
+            )
+
+    async def abort_stale(self, key: str) -> None:
+        """Abort every multipart upload still open for exactly ``key`` (left by a crash or
+        an abort that failed); a server that does not allow listing them is skipped."""
+        try:
+            answer = await self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        except Exception as exc:
+            log.debug("s3: cannot list open uploads of %r: %s", key, exc)
+            return
+        for upload in answer.get("Uploads") or []:
+            if upload.get("Key") == key:
+                with contextlib.suppress(Exception):
+                    await self.abort(key, str(upload["UploadId"]))
+                    log.info("s3: aborted a stale multipart upload of %r", key)
+
+    async def retry_pending_aborts(self, pending: Path) -> None:
+        """Abort the uploads recorded by earlier failed aborts (of this bucket)."""
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(None, _pending_records, pending)
+        for path, (bucket, key, upload_id) in records:
+            if bucket != self.bucket:
+                continue
+            try:
+                await self.abort(key, upload_id)
+            except Exception as exc:
+                log.debug("s3: pending abort of %r still fails: %s", key, exc)
+                continue
+            log.info("s3: aborted the multipart upload of %r left open earlier", key)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        """The HEAD answer of an object, or None when there is no such object."""
+        try:
+            answer: dict[str, Any] = await self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _is_gone(exc, "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return answer
+
+    # -- listing -----------------------------------------------------------------------------
+
+    async def list_keys(self, after: str, limit: int, prefix: str = "") -> tuple[list[Any], bool]:
+        """Up to ``limit`` objects in the export layout whose key sorts after ``after``, in
+        key order, and whether more follow (one object is looked ahead).
+
+        The S3 marker is ``after``; pages of up to 1000 keys are fetched until ``limit`` + 1
+        objects in the layout are found or the bucket ends. Objects outside the layout
+        (other tools' files) are skipped.
+        """
+        found: list[Any] = []
+        marker = after
+        while True:
+            want = min(LIST_PAGE, limit + 1 - len(found))
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "MaxKeys": want}
+            if marker:
+                kwargs["Marker"] = marker
+            if prefix:
+                kwargs["Prefix"] = prefix
+            answer = await self.client.list_objects(**kwargs)
+            contents = answer.get("Contents") or []
+            for obj in contents:
+                if parse_key(str(obj["Key"])) is not None:
+                    found.append(obj)
+            if len(found) > limit:
+                return found[:limit], True
+            if not answer.get("IsTruncated") or not contents:
+                return found, False
+            marker = str(contents[-1]["Key"])
+
+    async def describe(self, objects: list[Any]) -> list[S3Object]:
+        """The listing items of ``objects`` (ListObjects entries), reading each one's
+        metadata with a HEAD (:data:`HEAD_CONCURRENCY` at a time). Objects deleted
+        meanwhile are left out."""
+        sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+        async def one(obj: Any) -> S3Object | None:
+            key = str(obj["Key"])
+            parsed = parse_key(key)
+            if parsed is None:
+                return None
+            async with sem:
+                head = await self.head(key)
+            if head is None:
+                return None
+            modified = _timestamp(head.get("LastModified") or obj.get("LastModified"))
+            return S3Object(
+                key=key,
+                client_id=parsed[0],
+                file_id=parsed[1],
+                name=parsed[2],
+                size=int(head.get("ContentLength", obj.get("Size", 0))),
+                last_modified=modified,
+                metadata=_manifest_of(head, modified),
+            )
+
+        items = await asyncio.gather(*(one(o) for o in objects))
+        return [i for i in items if i is not None]
+
+    async def list_page(self, after: str, limit: int) -> tuple[list[S3Object], bool]:
+        """A page of the listing: :meth:`list_keys` then :meth:`describe`."""
+        objects, more = await self.list_keys(after, limit)
+        return await self.describe(objects), more
+
+    async def transfer_objects(self, client_id: str, file_id: str) -> list[S3Object]:
+        """The objects of one transfer: the exact prefix ``<esc(cid)>/<esc(fid)>/`` (so
+        fileId ``f1`` never matches ``f10``), sorted by name."""
+        prefix = f"{esc(client_id)}/{esc(file_id)}/"
+        objects, _more = await self.list_keys("", 100, prefix)
+        return await self.describe(objects)
+
+    async def presign(self, key: str) -> str:
+        """A presigned GET URL of ``key``, valid for ``export.presign_expiry``."""
+        url = await self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=self.cfg.presign_expiry,
+        )
+        return str(url)
+
+    async def delete_transfer(self, client_id: str, file_id: str) -> int:
+        """Delete the objects of one transfer; returns how many there were."""
+        prefix = f"{esc(client_id)}/{esc(file_id)}/"
+        objects, _more = await self.list_keys("", 1000, prefix)
+        for obj in objects:
+            await self.client.delete_object(Bucket=self.bucket, Key=str(obj["Key"]))
+        return len(objects)
+
+
+def _remember_abort(pending: Path, bucket: str, key: str, upload_id: str) -> None:
+    pending.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(f"{bucket}\0{key}\0{upload_id}".encode("utf-8", "surrogatepass"))
+    path = pending / f"{digest.hexdigest()}.json"
+    tmp = pending / f".{secrets.token_hex(8)}.tmp"
+    tmp.write_text(json.dumps({"bucket": bucket, "key": key, "upload_id": upload_id}))
+    os.replace(tmp, path)
+
+
+def _pending_records(pending: Path) -> list[tuple[Path, tuple[str, str, str]]]:
+    out: list[tuple[Path, tuple[str, str, str]]] = []
+    try:
+        names = sorted(os.listdir(pending))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        path = pending / name
+        try:
+            doc = json.loads(path.read_text())
+            out.append((path, (str(doc["bucket"]), str(doc["key"]), str(doc["upload_id"]))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the exporter
+
+
+class _IoLoop:
+    """An event loop in a thread of its own, with the bucket's client on it."""
+
+    def __init__(self, cfg: ExportConfig) -> None:
+        self.bucket = S3Bucket(cfg)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                import uvloop
+
+                loop = uvloop.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="ftserver-s3", daemon=True)
+                thread.start()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the S3 loop (client opened first) and wait for it from the
+        caller's loop; cancelling the caller cancels it there."""
+        loop = self._start()
+
+        async def with_client() -> T:
+            await self.bucket.open()
+            return await coro
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(with_client(), loop))
+
+    def close(self) -> None:
+        """Close the client, stop the loop and join its thread (blocking)."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.bucket.close(), loop)
+        with contextlib.suppress(Exception):
+            fut.result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
+
+
+class S3Exporter:
+    """Exports to an S3 bucket (:class:`~ftserver.export.local.Exporter`), with a local
+    index of finished exports under ``root`` that answers :meth:`lookup`."""
+
+    def __init__(self, cfg: ExportConfig, root: Path) -> None:
+        self.cfg = cfg
+        self.root = root
+        self._io = _IoLoop(cfg)
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.root / PENDING_ABORTS
+
+    def transfer_dir(self, client_id: str, file_id: str) -> Path:
+        """The index directory of a transfer (the local exporter's layout)."""
+        b1, b2, b3 = export_dir_parts(client_id, file_id)
+        return self.root / b1 / b2 / b3 / esc(client_id) / esc(file_id)
+
+    def lookup(self, client_id: str, file_id: str) -> ExportInfo | None:
+        """The recorded export of this transfer, from the local index only."""
+        d = self.transfer_dir(client_id, file_id)
+        try:
+            names = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        for entry in names:
+            if not entry.endswith(MANIFEST_SUFFIX) or len(entry) == len(MANIFEST_SUFFIX):
+                continue
+            try:
+                obj = parse_manifest((d / entry).read_bytes())
+                checksum = obj.pop("checksum")
+                size = obj.pop(_SIZE_KEY)
+                for key in ("clientid", "fileid", "exported_at", _BUCKET_KEY, _KEY_KEY):
+                    obj.pop(key, None)
+                init_checksum = obj.pop(INIT_CHECKSUM_KEY, None)
+                if init_checksum is not None:
+                    obj["checksum"] = init_checksum
+                meta = filemeta_from_obj(obj)
+            except (OSError, ValueError, KeyError, TypeError, FtError):
+                continue
+            if not isinstance(checksum, str) or type(size) is not int:
+                continue
+            return ExportInfo(client_id, file_id, meta, size, checksum.upper(), d / entry)
+        return None
+
+    async def export(
+        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
+    ) -> ExportInfo:
+        """Upload the staging file, then record the export in the local index."""
+        loop = asyncio.get_running_loop()
+        size = (await loop.run_in_executor(None, os.stat, data_path)).st_size
+        key = s3_key(client_id, file_id, meta.name)
+        metadata = object_metadata(client_id, file_id, meta, checksum)
+        started = time.perf_counter()
+        try:
+            await self._io.run(self._upload(key, data_path, size, metadata))
+        except Exception as exc:
+            err = s3_error(exc)
+            log.warning(
+                "s3: export of %r/%r to s3://%s/%s failed: %s (%s)",
+                client_id,
+                file_id,
+                self.cfg.bucket,
+                key,
+                err.description,
+                _brief(exc),
+            )
+            raise err from exc
+        log.info(
+            "s3: exported %r/%r to s3://%s/%s (%d bytes, %.3fs)",
+            client_id,
+            file_id,
+            self.cfg.bucket,
+            key,
+            size,
+            time.perf_counter() - started,
+        )
+        path = await loop.run_in_executor(
+            None, self._record, client_id, file_id, meta, checksum, key, size
+        )
+        return ExportInfo(client_id, file_id, meta, size, checksum, path)
+
+    async def _upload(self, key: str, path: Path, size: int, metadata: dict[str, str]) -> None:
+        bucket = self._io.bucket
+        if self.pending_dir.exists():
+            await bucket.retry_pending_aborts(self.pending_dir)
+        await bucket.put_file(key, path, size, metadata, self.pending_dir)
+        head = await bucket.head(key)
+        got = None if head is None else head.get("ContentLength")
+        if got != size:
+            raise StorageError("s3_size_mismatch")
+
+    def _record(
+        self,
+        client_id: str,
+        file_id: str,
+        meta: FileMeta,
+        checksum: str,
+        key: str,
+        size: int,
+    ) -> Path:
+        d = self.transfer_dir(client_id, file_id)
+        d.mkdir(parents=True, exist_ok=True)
+        extra: dict[str, JsonValue] = {
+            "clientid": client_id,
+            "fileid": file_id,
+            "exported_at": int(time.time()),
+            _BUCKET_KEY: self.cfg.bucket,
+            _KEY_KEY: key,
+            _SIZE_KEY: size,
+        }
+        if meta.checksum is not None:
+            extra[INIT_CHECKSUM_KEY] = meta.checksum
+        body = manifest_bytes(meta, checksum, extra)
+        final = d / (meta.name + MANIFEST_SUFFIX)
+        tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, body)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        fsync_dir(d)
+        return final
+
+    def finish_interrupted(self, client_id: str, file_id: str, meta: FileMeta) -> ExportInfo | None:
+        """The staging data is only removed after the index entry is written, so an
+        interrupted export either is in the index or still has its data staged."""
+        return self.lookup(client_id, file_id)
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine that uses :attr:`bucket` on the exporter's S3 loop."""
+        return await self._io.run(coro)
+
+    @property
+    def bucket(self) -> S3Bucket:
+        """The bucket client (use it only through :meth:`run`)."""
+        return self._io.bucket
+
+    async def close(self) -> None:
+        """Close the S3 client and stop its thread."""
+        await asyncio.get_running_loop().run_in_executor(None, self._io.close)
+
+
+def remove_index_entry(root: Path, client_id: str, file_id: str) -> int:
+    """Remove a transfer's entries from the local index (blocking); returns how many."""
+    b1, b2, b3 = export_dir_parts(client_id, file_id)
+    d = root / b1 / b2 / b3 / esc(client_id) / esc(file_id)
+    try:
+        names = os.listdir(d)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for entry in names:
+        if entry.endswith(MANIFEST_SUFFIX) and len(entry) > len(MANIFEST_SUFFIX):
+            removed += delete_export(d, entry[: -len(MANIFEST_SUFFIX)], root)
+    return removed
+
+
+def _brief(exc: BaseException) -> str:
+    """A one-line account of an S3 failure for the log (never the credentials)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
