@@ -28,6 +28,7 @@ from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
 from ftserver.config import Config, HostPort, host_port, is_loopback_host
 from ftserver.export import close_exporter, make_exporter
+from ftserver.export.local import ExportInfo
 from ftserver.http.api import ApiContext, build_app
 from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
 from ftserver.mqtt.connection import MqttConnection, ServerContext
@@ -294,11 +295,11 @@ class _StoreMetrics(StoreHooks):
 
         metrics.TRANSFERS_ABORTED.inc()
 
-    def exported(self, size: int, seconds: float) -> None:
+    def exported(self, info: ExportInfo, seconds: float) -> None:
         from ftserver import metrics
 
         metrics.TRANSFERS_COMPLETED.inc()
-        metrics.EXPORTED_BYTES.inc(size)
+        metrics.EXPORTED_BYTES.inc(info.size)
         metrics.EXPORT_SECONDS.observe(seconds)
 
 

@@ -506,8 +506,7 @@ class MqttConnection(asyncio.BufferedProtocol):
                             R.PROTOCOL_ERROR, f"MQTT-3.3.4-?: topic alias {alias} not defined"
                         )
                     topic = p.topic = known
-            elif not topic:
-                raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.3.2-?: empty topic, no alias")
+            # (an empty topic without an alias is refused by the decoder)
         qos = p.qos
         if qos == 2:
             pid = p.packet_id

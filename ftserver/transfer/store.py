@@ -23,7 +23,7 @@ import shutil
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,7 +138,7 @@ class StoreHooks:
     def aborted(self) -> None:
         """A staged transfer was discarded by abort."""
 
-    def exported(self, size: int, seconds: float) -> None:
+    def exported(self, info: ExportInfo, seconds: float) -> None:
         """A file was exported."""
 
 
@@ -181,7 +181,6 @@ class TransferStore:
         ttl_max: float = 86400.0,
         idle_close: float = 60.0,
         exporter: Exporter | None = None,
-        on_exported: Callable[[ExportInfo], None] | None = None,
         hooks: StoreHooks | None = None,
         max_transfers_per_client: int = 0,
     ) -> None:
@@ -194,7 +193,6 @@ class TransferStore:
         self.ttl_min = ttl_min
         self.ttl_max = ttl_max
         self.idle_close = idle_close
-        self.on_exported = on_exported
         self.hooks = hooks or StoreHooks()
         self.max_transfers_per_client = max_transfers_per_client
         self._open: dict[Key, Transfer] = {}
@@ -539,14 +537,12 @@ class TransferStore:
             await loop.run_in_executor(None, self._prepare_export, t, size)
             info = await self.exporter.export(t.client_id, t.file_id, meta, t.data_path, hexdigest)
             await loop.run_in_executor(None, self._remove_staging, t)
-            self.hooks.exported(info.size, time.perf_counter() - started)
+            self.hooks.exported(info, time.perf_counter() - started)
         except OSError as exc:
             raise StorageError.from_oserror(exc) from exc
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         self._remember_export(info)
-        if self.on_exported is not None:
-            self.on_exported(info)
         return info
 
     @staticmethod

@@ -31,7 +31,13 @@ from ftserver.errors import ChecksumMismatch, FileMetaConflict, Incomplete
 from ftserver.storage import journal as jr
 from ftserver.transfer import store as store_mod
 from ftserver.transfer.meta import FileMeta, parse_filemeta
-from ftserver.transfer.store import Durability, ExportInfo, Transfer, TransferStore
+from ftserver.transfer.store import (
+    Durability,
+    ExportInfo,
+    StoreHooks,
+    Transfer,
+    TransferStore,
+)
 
 T = TypeVar("T")
 
@@ -153,6 +159,16 @@ def needs_commit(store: TransferStore) -> bool:
     return store.needs_commit  # read afresh (mypy keeps properties narrowed across calls)
 
 
+class Recorder(StoreHooks):
+    """Store hooks that record every export."""
+
+    def __init__(self, seen: list[ExportInfo]) -> None:
+        self.seen = seen
+
+    def exported(self, info: ExportInfo, seconds: float) -> None:
+        self.seen.append(info)
+
+
 def crash(store: TransferStore) -> None:
     """kill -9: the store is never used again; nothing buffered reaches the disk."""
     for t in store.open_transfers():
@@ -262,7 +278,7 @@ def test_any_order_upload_exports_identical_file(data_dir: Path, durability: Dur
     exported: list[ExportInfo] = []
 
     async def main() -> None:
-        s = TransferStore(data_dir, durability=durability, on_exported=exported.append)
+        s = TransferStore(data_dir, durability=durability, hooks=Recorder(exported))
         s.segment(CID, FID, 2000, memoryview(garbage))  # wrong bytes, overwritten later
         await commit(s)
         s.init(CID, FID, meta_of(**meta))  # init after the first segment
@@ -535,7 +551,7 @@ def test_two_fins_share_one_export(data_dir: Path) -> None:
     exported: list[ExportInfo] = []
 
     async def main() -> None:
-        s = TransferStore(data_dir, on_exported=exported.append)
+        s = TransferStore(data_dir, hooks=Recorder(exported))
         s.init(CID, FID, meta_of(name="f"))
         send(s, data, 0, 20_000)
         s.commit()
