@@ -7,17 +7,22 @@ VENV="${FTSERVER_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 cd "$ROOT"
 
-need_apt=()
-for pkg in python3-dev python3-venv libssl-dev; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if ((${#need_apt[@]})); then
-    echo "ci: installing Debian packages: ${need_apt[*]}"
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
-fi
+# install the Debian packages given that are missing (apt-get, through sudo when not root)
+apt_install() {
+    local need=() pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    ((${#need[@]})) || return 0
+    echo "ci: installing Debian packages: ${need[*]}"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+}
+
+# to build and run ftserver
+apt_install python3-dev python3-venv libssl-dev
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "ci: creating virtualenv $VENV"

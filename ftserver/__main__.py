@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"ftserver: cannot read configuration: {exc}", file=sys.stderr)
         return 2
-    from ftserver.server import ConfigSource, run
+    from ftserver.config import ConfigSource
+    from ftserver.launch import run
 
     source = ConfigSource(str(args.config) if args.config else None, overrides)
     return run(config, source)

@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftserver.mqtt.codec import is_valid_topic_filter
+from ftserver.topics import is_valid_topic_filter
 
 
 class AclError(ValueError):

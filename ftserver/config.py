@@ -1022,3 +1022,11 @@ def _check_http(http: HttpConfig) -> None:
             "<token>'), listen on 127.0.0.1, or set http.allow_anonymous = true to serve "
             "the API to anyone who can reach it"
         )
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the configuration came from, so that a worker process can load it again."""
+
+    path: str | None
+    overrides: dict[str, object]

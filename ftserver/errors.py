@@ -1,13 +1,23 @@
-"""The one exception tree of ftserver.
+"""The one exception tree of ftserver, and the one boundary that turns exceptions into answers.
 
-Every error that can reach a client carries the MQTT reason code and the description that
-PROTOCOL.md §4 names for it. Exactly one boundary (the command dispatcher) turns them into
-PUBACK/PUBREC reason codes and response documents; the HTTP layer maps ``http_status``.
+Every error that can reach a client carries the MQTT reason code and the description that the
+protocol names for it (docs/protocol.md). :func:`outcome_of` is the boundary: whatever was
+raised while a command ran, it gives the :class:`Outcome` the client is told (PUBACK/PUBREC
+reason code and response document), logging what was not an expected refusal once, with the
+transfer's identifiers. The HTTP layer maps ``http_status`` the same way.
+:func:`storage_errors` is the one place an ``OSError`` becomes a :class:`StorageError`.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+log = logging.getLogger("ftserver.errors")
 
 
 class FtError(Exception):
@@ -88,10 +98,13 @@ class StorageError(CommandError):
 
     @classmethod
     def from_oserror(cls, exc: OSError) -> StorageError:
-        import errno
-
         name = errno.errorcode.get(exc.errno or 0, "eio").lower()
-        return cls(name)
+        err = cls(name)
+        err.cause = exc
+        return err
+
+    #: the OS error behind it (logged by the boundary)
+    cause: OSError | None = None
 
 
 class InternalError(CommandError):
@@ -121,6 +134,20 @@ class Pause(FtError):
     http_status = 503
 
 
+class TransferBusy(Pause):
+    """The transfer is not ready here yet: open in another process (a worker that had the
+    client before, or one still exporting it), or being recovered from disk off the event
+    loop. The dispatcher waits for ``ready`` (when given; else it polls) and runs the command
+    again; only if that takes longer than ``assemble_timeout`` does the client hear of it."""
+
+    default_description = "transfer_busy"
+
+    def __init__(self, ready: Awaitable[object] | None = None) -> None:
+        super().__init__()
+        #: completes when the transfer may be ready (None: poll)
+        self.ready = ready
+
+
 class StorageFull(Pause):
     default_description = "storage_full"
     http_status = 507
@@ -135,3 +162,61 @@ class NotAuthorized(FtError):
     reason_code = 0x87
     http_status = 403
     default_description = "not_authorized"
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """Run a block of storage IO: an ``OSError`` leaves it as a :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError.from_oserror(exc) from exc
+
+
+# -- the boundary ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a command's client is told: reason code, description, extra document keys."""
+
+    reason_code: int
+    description: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason_code < 0x80
+
+
+SUCCESS = Outcome(0, "success")
+
+
+def outcome_of(
+    exc: BaseException, *, what: str = "command", client_id: str = "", file_id: str = ""
+) -> Outcome:
+    """The outcome that answers a command which raised ``exc``.
+
+    An :class:`FtError` is an answer in itself; a storage failure is logged (it is the
+    server's, not the client's); anything else is a bug: logged with its traceback and the
+    transfer's identifiers, and answered 0x80 ``internal_error``.
+    """
+    if isinstance(exc, FtError):
+        if isinstance(exc, StorageError):
+            log.warning(
+                "%s for client %r file %r failed: storage error %s (%s)",
+                what,
+                client_id,
+                file_id,
+                exc.description,
+                exc.cause or exc.__cause__,
+            )
+        return Outcome(exc.reason_code, exc.description, dict(exc.extra))
+    log.error(
+        "%s for client %r file %r failed: internal error",
+        what,
+        client_id,
+        file_id,
+        exc_info=exc,
+    )
+    return Outcome(InternalError.reason_code, InternalError.default_description)

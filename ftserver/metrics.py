@@ -37,7 +37,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from ftserver.transfer.dispatch import Outcome
+    from ftserver.errors import Outcome
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: one segment in this many has its handling time observed

@@ -14,12 +14,9 @@ import contextlib
 import logging
 import os
 import resource
-import shutil
-import signal
 import ssl
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -28,7 +25,7 @@ from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
 from ftserver.config import Config, HostPort, host_port, is_loopback_host
 from ftserver.export import close_exporter, make_exporter
-from ftserver.export.local import ExportInfo
+from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
 from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
 from ftserver.mqtt.connection import MqttConnection, ServerContext
@@ -338,45 +335,6 @@ def new_runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def run(config: Config, source: ConfigSource) -> int:
-    """Run the server until SIGTERM or SIGINT; returns the exit status.
-
-    ``source`` (the config file and overrides) lets worker processes load the same
-    configuration.
-    """
-    setup_logging(config)
-    workers = config.server.worker_count
-    if workers > 1:
-        # prometheus-client's multiprocess mode: chosen by the environment before its first
-        # import, in this process and in every worker (they inherit the variable)
-        mdir = Path(config.server.data_dir) / "run" / "metrics"
-        shutil.rmtree(mdir, ignore_errors=True)
-        mdir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir.absolute())
-    with new_runner() as runner:
-        if workers <= 1:
-            return runner.run(_main(config))
-        from ftserver.supervisor import Supervisor
-
-        return runner.run(Supervisor(config, source).run())
-
-
-async def _main(config: Config) -> int:
-    server = Server(config)
-    try:
-        await server.start()
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.request_stop)
-    assert server.mqtt_address is not None and server.http_address is not None
-    announce(server.mqtt_address, server.http_address, server.data_dir, server.mqtts_address)
-    await server.serve_until_stopped()
-    return 0
-
-
 def announce(
     mqtt: tuple[str, int],
     http: tuple[str, int],
@@ -395,11 +353,3 @@ def announce(
 def _fmt(addr: tuple[str, int]) -> str:
     host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
     return f"{host}:{addr[1]}"
-
-
-@dataclass(frozen=True)
-class ConfigSource:
-    """Where the configuration came from, so that a worker process can load it again."""
-
-    path: str | None
-    overrides: dict[str, object]

@@ -30,11 +30,11 @@ from typing import Any
 from aiohttp import web
 
 from ftserver import metrics
-from ftserver.config import Config, HostPort, host_port
+from ftserver.config import Config, ConfigSource, HostPort, host_port
 from ftserver.control import Channel, ChannelClosed, Msg
 from ftserver.http.api import ApiContext, build_app
-from ftserver.mqtt.session import topic_matches
-from ftserver.server import ConfigSource, announce, collect_exports_forever
+from ftserver.server import announce, collect_exports_forever
+from ftserver.topics import topic_matches
 from ftserver.worker import ENV
 
 log = logging.getLogger("ftserver.supervisor")

@@ -28,9 +28,9 @@ from ftserver.mqtt.packets import Properties
 from ftserver.mqtt.session import (
     props_from_json,
     props_to_json,
-    topic_matches,
 )
 from ftserver.server import Server, new_runner, setup_logging
+from ftserver.topics import topic_matches
 
 log = logging.getLogger("ftserver.worker")
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from ftserver.config import load_config
 from ftserver.export.s3 import S3Exporter
-from ftserver.transfer.meta import FileMeta
+from ftserver.meta import FileMeta
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ftserver.config import ExportConfig
-    from ftserver.export.local import Exporter
+    from ftserver.export.base import Exporter
 
 __all__ = ["close_exporter", "make_exporter"]
 

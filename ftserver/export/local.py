@@ -16,57 +16,19 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from ftserver.errors import FtError
+from ftserver.export.base import INIT_CHECKSUM_KEY, ExportInfo
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
-    esc,
     export_dir_parts,
     manifest_bytes,
     parse_manifest,
 )
+from ftserver.meta import FileMeta, JsonValue, filemeta_from_obj
+from ftserver.names import esc
 from ftserver.storage.journal import fsync_dir
-from ftserver.transfer.meta import FileMeta, JsonValue, filemeta_from_obj
-
-#: ftserver's manifest key for the checksum given at init (the manifest's ``checksum`` is the
-#: verified one, which replaces it)
-INIT_CHECKSUM_KEY = "init_checksum"
-
-
-@dataclass(frozen=True, slots=True)
-class ExportInfo:
-    """What is known of a finished export (enough to answer retransmitted commands)."""
-
-    client_id: str
-    file_id: str
-    meta: FileMeta
-    size: int
-    checksum: str  # uppercase hex SHA-256
-    path: Path
-
-
-class Exporter(Protocol):
-    """Where finished files go. The store verifies, truncates and flushes the staging file,
-    journals EXPORTING, then calls :meth:`export`; afterwards it removes the staging
-    directory. :meth:`lookup` must answer from local disk (it runs on the per-command path
-    for transfers this process does not know yet)."""
-
-    #: local directory the exporter keeps its records in (created by the store)
-    root: Path
-
-    def lookup(self, client_id: str, file_id: str) -> ExportInfo | None: ...
-
-    async def export(
-        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
-    ) -> ExportInfo: ...
-
-    def finish_interrupted(self, client_id: str, file_id: str, meta: FileMeta) -> ExportInfo | None:
-        """A crash came after the staging data left and before the export was recorded:
-        complete it if possible (None: the export is lost, the transfer starts over)."""
-        ...
 
 
 class LocalExporter:

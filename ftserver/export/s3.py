@@ -62,20 +62,19 @@ from typing import Any, Final, TypeVar
 
 from ftserver.config import S3_MAX_PART, ExportConfig
 from ftserver.errors import FtError, StorageError
+from ftserver.export.base import INIT_CHECKSUM_KEY, ExportInfo
 from ftserver.export.collector import delete_export
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
-    esc,
     export_dir_parts,
     manifest_bytes,
     parse_manifest,
     s3_key,
     s3_metadata,
-    unesc,
 )
-from ftserver.export.local import INIT_CHECKSUM_KEY, ExportInfo
+from ftserver.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
+from ftserver.names import esc, unesc
 from ftserver.storage.journal import fsync_dir
-from ftserver.transfer.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
 
 __all__ = [
     "INDEX_DIR",

@@ -50,7 +50,7 @@ from ftserver.export.s3 import (
 from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.http.openapi import OPENAPI
-from ftserver.transfer.meta import JsonValue
+from ftserver.meta import JsonValue
 
 __all__ = ["API_BASE", "ApiContext", "ApiError", "build_app", "file_uri"]
 

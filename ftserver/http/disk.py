@@ -25,9 +25,10 @@ from pathlib import Path
 
 import ftcore
 from ftserver.errors import FtError
-from ftserver.export.layout import MANIFEST_SUFFIX, esc, export_dir_parts, parse_manifest, unesc
+from ftserver.export.layout import MANIFEST_SUFFIX, export_dir_parts, parse_manifest
+from ftserver.meta import JsonValue, parse_filemeta
+from ftserver.names import esc, unesc
 from ftserver.storage import journal as jr
-from ftserver.transfer.meta import JsonValue, parse_filemeta
 
 __all__ = [
     "ExportEntry",

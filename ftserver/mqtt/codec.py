@@ -99,8 +99,6 @@ __all__ = [
     "encode_subscribe",
     "encode_unsuback",
     "encode_unsubscribe",
-    "is_valid_topic_filter",
-    "is_valid_topic_name",
 ]
 
 #: Free space the decoder offers to each read when no larger packet is pending.
@@ -178,45 +176,6 @@ def _malformed(rule: str, what: str, reason: int = _MALFORMED) -> MalformedPacke
 
 def _protocol(rule: str, what: str) -> MalformedPacket:
     return MalformedPacket(_PROTOCOL, f"{rule}: {what}")
-
-
-# --------------------------------------------------------------------------------------------
-# Topic names and filters
-
-
-def is_valid_topic_name(topic: str) -> bool:
-    """A non-empty topic name without wildcards or U+0000 (MQTT-4.7.0-1, 4.7.3-1/2)."""
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
-
-
-def is_valid_topic_filter(topic_filter: str) -> bool:
-    """Whether a subscription topic filter is well formed.
-
-    Checks MQTT-4.7.1-1 (``#`` alone in the last level), MQTT-4.7.1-2 (``+`` fills a whole
-    level), MQTT-4.7.3-1/2 (not empty, no U+0000) and, for ``$share/{name}/{filter}``,
-    MQTT-4.8.2-1/2 (a non-empty share name without ``+``, ``#`` or ``/``, then a valid filter).
-    A filter that fails deserves SUBACK 0x8F (3.1.1: 0x80), not a closed connection.
-    """
-    if not topic_filter or "\x00" in topic_filter:
-        return False
-    if topic_filter.startswith("$share/"):
-        parts = topic_filter.split("/", 2)
-        if len(parts) < 3:
-            return False
-        share_name = parts[1]
-        if not share_name or "+" in share_name or "#" in share_name:
-            return False
-        return is_valid_topic_filter(parts[2])
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return True
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != last):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftserver.acl import DEFAULT_GRANT, Acl
 from ftserver.auth import FAILED_LOGIN_DELAY, PasswordFile
-from ftserver.errors import FtError, NotAuthorized
-from ftserver.export.layout import esc_len
+from ftserver.errors import FtError, NotAuthorized, Outcome, outcome_of
 from ftserver.limits import ConnectionCounter, Limits
 from ftserver.mqtt import codec
 from ftserver.mqtt.codec import Decoder, ProtocolError
@@ -51,14 +50,9 @@ from ftserver.mqtt.session import (
     Subscription,
 )
 from ftserver.mqtt.spec import MQTT_V5, ReasonCode
-from ftserver.transfer.dispatch import (
-    RESPONSE_PREFIX,
-    Deferred,
-    Dispatcher,
-    Outcome,
-    is_file_command_topic,
-    outcome_of,
-)
+from ftserver.names import esc_len
+from ftserver.topics import RESPONSE_PREFIX, is_file_command_topic, is_valid_topic_filter
+from ftserver.transfer.dispatch import Deferred, Dispatcher
 
 if TYPE_CHECKING:
     from ftserver.config import Config
@@ -525,7 +519,7 @@ class MqttConnection(asyncio.BufferedProtocol):
         if not self._grant.upload and is_file_command_topic(topic):
             result: Outcome | Deferred | None = outcome_of(NotAuthorized())
         else:
-            result = self.ctx.dispatcher.process(self.client_id, p)
+            result = self.ctx.dispatcher.process(self.client_id, topic, p.payload, qos)
         if result is None:
             # not a file-transfer command: nobody to route it to in standalone mode
             if qos:
@@ -550,15 +544,12 @@ class MqttConnection(asyncio.BufferedProtocol):
         try:
             outcome = await deferred.final
         except Exception as exc:  # never leave a command unanswered
-            log.exception("deferred command %r failed", pub.topic)
-            outcome = outcome_of(exc if isinstance(exc, FtError) else FtError())
+            outcome = outcome_of(exc, what=pub.topic, client_id=self.client_id)
         if deferred.ack is None:
             self._held -= 1
             self._acknowledge(session, pub, outcome)
             self._flush()
-        self.ctx.dispatcher.respond(
-            self.client_id, pub.topic, pub.packet_id or 0, pub.properties, outcome
-        )
+        self._respond(pub, outcome)
 
     def _acknowledge(self, session: Session, pub: Publish, outcome: Outcome) -> None:
         pid = pub.packet_id
@@ -619,14 +610,21 @@ class MqttConnection(asyncio.BufferedProtocol):
         for done in batch:
             self._acknowledge(session, done.pub, done.outcome)
         self._flush()
-        respond = self.ctx.dispatcher.respond
         for done in batch:
             if done.document:
-                pub = done.pub
-                respond(
-                    self.client_id, done.topic, pub.packet_id or 0, pub.properties, done.outcome
-                )
+                self._respond(done.pub, done.outcome, done.topic)
         self._flush()
+
+    def _respond(self, pub: Publish, outcome: Outcome, topic: str | None = None) -> None:
+        props = pub.properties
+        self.ctx.dispatcher.respond(
+            self.client_id,
+            pub.topic if topic is None else topic,
+            pub.packet_id or 0,
+            outcome,
+            response_topic=props.get("response_topic"),
+            correlation_data=props.get("correlation_data"),
+        )
 
     def _on_pubrel(self, p: Pubrel) -> None:
         session = self.session
@@ -698,7 +696,7 @@ class MqttConnection(asyncio.BufferedProtocol):
     # -- subscriptions -----------------------------------------------------------------------
 
     def _subscription_code(self, topic_filter: str, qos: int) -> int:
-        if not codec.is_valid_topic_filter(topic_filter):
+        if not is_valid_topic_filter(topic_filter):
             return R.TOPIC_FILTER_INVALID
         if topic_filter.startswith("$share/"):
             return R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED

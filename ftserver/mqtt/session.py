@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ftserver.mqtt.packets import Properties, SubscriptionOptions
+from ftserver.topics import topic_matches
 
 log = logging.getLogger(__name__)
 
@@ -119,27 +120,6 @@ class Session:
                 "session %r: queue full, dropping a response on %r", self.client_id, dropped.topic
             )
         self.queue.append(message)
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT topic filter matching (§4.7), with the rule that wildcards at the first level do
-    not match topics starting with ``$`` (MQTT-4.7.2-1)."""
-    if topic_filter == topic:
-        return True
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return False
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    flevels = topic_filter.split("/")
-    tlevels = topic.split("/")
-    for i, f in enumerate(flevels):
-        if f == "#":
-            return True
-        if i >= len(tlevels):
-            return False
-        if f != "+" and f != tlevels[i]:
-            return False
-    return len(flevels) == len(tlevels)
 
 
 class SessionRegistry:

@@ -34,7 +34,8 @@ from ftserver.errors import (
     InvalidOffset,
     InvalidSize,
 )
-from ftserver.export.layout import esc_len
+from ftserver.names import esc_len
+from ftserver.topics import ASYNC_PREFIX, SYNC_PREFIX
 
 __all__ = [
     "ASYNC_PREFIX",
@@ -53,10 +54,6 @@ __all__ = [
     "parse_uint",
 ]
 
-#: topic prefix of synchronous commands (the result is in the PUBACK)
-SYNC_PREFIX = "$file/"
-#: topic prefix of asynchronous commands (the result is in a response document)
-ASYNC_PREFIX = "$file-async/"
 #: longest fileId, in bytes of its escaped form (it becomes a directory name)
 MAX_FILEID_ESCAPED_BYTES = 255
 

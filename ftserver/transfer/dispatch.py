@@ -14,17 +14,22 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ftserver.errors import AssembleTimeout, FtError, InternalError, InvalidQos
-from ftserver.export.local import ExportInfo
+from ftserver.errors import (
+    SUCCESS,
+    AssembleTimeout,
+    InvalidQos,
+    Outcome,
+    TransferBusy,
+    outcome_of,
+)
+from ftserver.export.base import ExportInfo
 from ftserver.limits import ByteRate, DiskWatch
-from ftserver.mqtt.packets import Properties, Publish
-from ftserver.mqtt.session import SessionRegistry
+from ftserver.meta import parse_filemeta
+from ftserver.topics import RESPONSE_PREFIX, is_file_command_topic
 from ftserver.transfer.commands import (
-    ASYNC_PREFIX,
-    SYNC_PREFIX,
     Abort,
     Command,
     Fin,
@@ -34,23 +39,11 @@ from ftserver.transfer.commands import (
     check_segment_checksum,
     parse_command,
 )
-from ftserver.transfer.meta import parse_filemeta
-from ftserver.transfer.store import TransferBusy, TransferStore
+from ftserver.transfer.store import TransferStore
 
 log = logging.getLogger(__name__)
 
-RESPONSE_PREFIX = "$file-response/"
 DOC_VSN = "0.1"
-
-
-@dataclass(slots=True)
-class Outcome:
-    reason_code: int
-    description: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-SUCCESS = Outcome(0, "success")
 
 
 @dataclass(slots=True)
@@ -66,19 +59,27 @@ class Deferred:
     final: Awaitable[Outcome]
 
 
-def outcome_of(exc: FtError) -> Outcome:
-    return Outcome(exc.reason_code, exc.description, dict(exc.extra))
+class Publisher(Protocol):
+    """Where response documents go: the sessions of the MQTT layer (whichever worker or leg
+    holds them). The dispatcher knows nothing else of MQTT."""
 
+    def has_subscribers(self, topic: str) -> bool: ...
 
-def is_file_command_topic(topic: str) -> bool:
-    return topic.startswith(SYNC_PREFIX) or topic.startswith(ASYNC_PREFIX)
+    def route(self, topic: str, payload: bytes, properties: Any) -> int:
+        """Deliver a QoS 1 document (``properties``: MQTT 5 PUBLISH properties, as a dict)
+        to every matching session; returns how many got it here."""
+        ...
 
 
 class Dispatcher:
+    """Runs file-transfer commands: ``(client_id, topic, payload, qos)`` in, an
+    :class:`Outcome` (or a :class:`Deferred` one) out, and the response documents routed
+    through a :class:`Publisher`."""
+
     def __init__(
         self,
         store: TransferStore,
-        registry: SessionRegistry,
+        registry: Publisher,
         *,
         max_file_size: int,
         assemble_timeout: float,
@@ -104,10 +105,12 @@ class Dispatcher:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def process(self, client_id: str, pub: Publish) -> Outcome | Deferred | None:
-        """Run the file-transfer command in ``pub``; None when it is not one (0x10)."""
-        if pub.qos == 0:
-            if not is_file_command_topic(pub.topic):
+    def process(
+        self, client_id: str, topic: str, payload: bytes | bytearray | memoryview, qos: int
+    ) -> Outcome | Deferred | None:
+        """Run the file-transfer command ``topic``; None when it is not one (0x10)."""
+        if qos == 0:
+            if not is_file_command_topic(topic):
                 return None
             invalid = outcome_of(InvalidQos())
             if self.observe is not None:
@@ -116,7 +119,7 @@ class Dispatcher:
         cmd: Command | None = None
         result: Outcome | Deferred
         try:
-            cmd = parse_command(pub.topic)
+            cmd = parse_command(topic)
             if cmd is None:
                 return None
             self._sample += 1
@@ -124,23 +127,22 @@ class Dispatcher:
                 self._sample = 0
                 if isinstance(cmd, Segment):
                     t0 = time.perf_counter()
-                    result = self._run(client_id, cmd, pub.payload)
+                    result = self._run(client_id, cmd, payload)
                     self.on_segment_time(time.perf_counter() - t0)
                 else:
-                    result = self._run(client_id, cmd, pub.payload)
+                    result = self._run(client_id, cmd, payload)
             else:
-                result = self._run(client_id, cmd, pub.payload)
-        except TransferBusy:
+                result = self._run(client_id, cmd, payload)
+        except TransferBusy as busy:
             assert cmd is not None
             # open in another worker process (the client's previous one, still exporting or
-            # handing it over): wait for it to let go, then run the command here
-            payload = bytes(pub.payload)  # the receive buffer is reused meanwhile
-            result = Deferred(None, self._when_free(client_id, cmd, payload))
-        except FtError as exc:
-            result = outcome_of(exc)
-        except Exception:
-            log.exception("internal error handling %r from %r", pub.topic, client_id)
-            result = outcome_of(InternalError())
+            # handing it over), or being recovered: wait until it is ready, then run it here
+            payload = bytes(payload)  # the receive buffer is reused meanwhile
+            result = Deferred(None, self._when_free(client_id, cmd, payload, busy.ready))
+        except Exception as exc:
+            result = outcome_of(
+                exc, what=topic, client_id=client_id, file_id=getattr(cmd, "file_id", "")
+            )
         if isinstance(result, Outcome):
             if self.observe is not None:
                 self.observe(type(cmd).__name__.lower() if cmd is not None else "invalid", result)
@@ -228,11 +230,8 @@ class Dispatcher:
     ) -> Outcome:
         try:
             await asyncio.shield(running)
-        except FtError as exc:
-            result = outcome_of(exc)
-        except Exception:
-            log.exception("export of %r failed", cmd.file_id)
-            result = outcome_of(InternalError())
+        except Exception as exc:
+            result = outcome_of(exc, what="export", file_id=cmd.file_id)
         else:
             result = SUCCESS
         if self.observe is not None:
@@ -250,30 +249,33 @@ class Dispatcher:
             return then()
         except _Retry as retry:
             return await self._await_export(retry.export, Fin("", 0), time.perf_counter())
-        except FtError as exc:
-            return outcome_of(exc)
-        except Exception:
-            log.exception("internal error after an export")
-            return outcome_of(InternalError())
+        except Exception as exc:
+            return outcome_of(exc, what="command after an export")
 
-    async def _when_free(self, client_id: str, cmd: Command, payload: bytes) -> Outcome:
+    async def _when_free(
+        self, client_id: str, cmd: Command, payload: bytes, ready: Awaitable[object] | None
+    ) -> Outcome:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.assemble_timeout
         delay = 0.005
         while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            if ready is not None:
+                # whatever it ends with: the command runs again and meets the new state
+                await asyncio.wait([asyncio.ensure_future(ready)], timeout=self.assemble_timeout)
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
             try:
                 result = self._run(client_id, cmd, payload)
-            except TransferBusy:
+            except TransferBusy as busy:
                 if loop.time() >= deadline:
                     return outcome_of(AssembleTimeout())
+                ready = busy.ready
                 continue
-            except FtError as exc:
-                return outcome_of(exc)
-            except Exception:
-                log.exception("internal error handling %r for %r", cmd, client_id)
-                return outcome_of(InternalError())
+            except Exception as exc:
+                return outcome_of(
+                    exc, what=type(cmd).__name__.lower(), client_id=client_id, file_id=cmd.file_id
+                )
             if isinstance(result, Outcome):
                 return result
             return await result.final
@@ -287,10 +289,17 @@ class Dispatcher:
     # -- response documents ------------------------------------------------------------------
 
     def respond(
-        self, client_id: str, topic: str, packet_id: int, properties: Properties, outcome: Outcome
+        self,
+        client_id: str,
+        topic: str,
+        packet_id: int,
+        outcome: Outcome,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
     ) -> None:
-        """Publish the response document of a processed command (PROTOCOL.md §4)."""
-        target = properties.get("response_topic") or RESPONSE_PREFIX + client_id
+        """Publish the response document of a processed command (docs/protocol.md)."""
+        target = response_topic or RESPONSE_PREFIX + client_id
         if not self.registry.has_subscribers(target):
             return
         doc: dict[str, Any] = {
@@ -301,10 +310,9 @@ class Dispatcher:
             "reason_description": outcome.description,
         }
         doc.update(outcome.extra)
-        props: Properties = {}
-        corr = properties.get("correlation_data")
-        if corr is not None:
-            props["correlation_data"] = corr
+        props: dict[str, Any] = {}
+        if correlation_data is not None:
+            props["correlation_data"] = correlation_data
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         self.registry.route(target, payload, props)
 

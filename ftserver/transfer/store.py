@@ -37,11 +37,14 @@ from ftserver.errors import (
     Incomplete,
     StorageError,
     TooManyTransfers,
+    TransferBusy,
 )
-from ftserver.export.layout import esc, staging_bucket
-from ftserver.export.local import Exporter, ExportInfo, LocalExporter
+from ftserver.export.base import Exporter, ExportInfo
+from ftserver.export.layout import staging_bucket
+from ftserver.export.local import LocalExporter
+from ftserver.meta import FileMeta, parse_filemeta
+from ftserver.names import esc
 from ftserver.storage import journal as jr
-from ftserver.transfer.meta import FileMeta, parse_filemeta
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +143,6 @@ class StoreHooks:
 
     def exported(self, info: ExportInfo, seconds: float) -> None:
         """A file was exported."""
-
-
-class TransferBusy(Exception):
-    """The transfer is open in another process (a worker that had the client before, or one
-    still exporting it): retry once that process lets go of it."""
 
 
 class _Gone(Exception):

@@ -108,14 +108,6 @@ def test_command_line_round_trip() -> None:
 
 @pytest.mark.parametrize("kind", ["mosquitto", "naive", "http"])
 def test_baselines_succeed(kind: str, tmp_path: Path) -> None:
-    if kind != "http":
-        pytest.importorskip("aiomqtt")
-        try:
-            from bench.baselines.mosquitto import find_mosquitto
-
-            find_mosquitto(install=False)
-        except FileNotFoundError:
-            pytest.skip("mosquitto is not installed (ci/bench installs it)")
     srv: Service = {"mosquitto": Mosquitto, "naive": Naive, "http": HttpUpload}[kind](tmp_path)
     srv.start()
     try:

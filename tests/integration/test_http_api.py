@@ -30,10 +30,11 @@ from aiohttp import web
 
 from ftharness import FtClient, ServerProcess, find_export, read_manifest
 from ftserver.config import Config, ConfigError, load_config
-from ftserver.export.layout import MANIFEST_SUFFIX, esc, export_dir_parts, manifest_bytes
+from ftserver.export.layout import MANIFEST_SUFFIX, export_dir_parts, manifest_bytes
 from ftserver.http.api import ApiContext, build_app
 from ftserver.http.openapi import OPENAPI
-from ftserver.transfer.meta import FileMeta
+from ftserver.meta import FileMeta
+from ftserver.names import esc
 
 API = "/api/v5/file_transfer"
 TOKEN = "0123456789abcdef0123456789abcdef"

@@ -14,9 +14,10 @@ from test_http_api import key_of, make_export, transfer_dir
 
 import ftcore
 from ftserver.export.collector import collect_expired_exports, delete_export
-from ftserver.export.layout import MANIFEST_SUFFIX, esc, staging_bucket, unesc
+from ftserver.export.layout import MANIFEST_SUFFIX, staging_bucket
 from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
+from ftserver.names import esc, unesc
 from ftserver.storage import journal as jr
 
 NOW = 1_800_000_000

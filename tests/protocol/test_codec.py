@@ -27,8 +27,6 @@ from ftserver.mqtt.codec import (
     encode_publish_header,
     encode_suback,
     encode_unsuback,
-    is_valid_topic_filter,
-    is_valid_topic_name,
 )
 from ftserver.mqtt.packets import (
     Auth,
@@ -51,6 +49,7 @@ from ftserver.mqtt.packets import (
     Will,
 )
 from ftserver.mqtt.spec import MQTT_V5, MQTT_V311, ReasonCode
+from ftserver.topics import is_valid_topic_filter, is_valid_topic_name
 
 from .paho_capture import Recording, record_large_publish, record_session
 

@@ -28,9 +28,9 @@ import uvloop
 import ftcore
 import ftcore._pure
 from ftserver.errors import ChecksumMismatch, FileMetaConflict, Incomplete
+from ftserver.meta import FileMeta, parse_filemeta
 from ftserver.storage import journal as jr
 from ftserver.transfer import store as store_mod
-from ftserver.transfer.meta import FileMeta, parse_filemeta
 from ftserver.transfer.store import (
     Durability,
     ExportInfo,

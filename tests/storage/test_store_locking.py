@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ftserver.mqtt.packets import Publish
+from ftserver.errors import Outcome, TransferBusy
+from ftserver.meta import parse_filemeta
 from ftserver.mqtt.session import SessionRegistry
-from ftserver.transfer.dispatch import Deferred, Dispatcher, Outcome
-from ftserver.transfer.meta import parse_filemeta
-from ftserver.transfer.store import ExportInfo, Transfer, TransferBusy, TransferStore
+from ftserver.transfer.dispatch import Deferred, Dispatcher
+from ftserver.transfer.store import ExportInfo, Transfer, TransferStore
 
 META = parse_filemeta(json.dumps({"name": "f.bin"}).encode())
 
@@ -98,8 +98,8 @@ def test_fin_in_other_store_waits_for_export(tmp_path: Path) -> None:
         export = a.fin_export(t, len(data), None)
         a.release_client("c")  # the client left; the export finishes here first
         disp = Dispatcher(b, SessionRegistry(), max_file_size=1 << 30, assemble_timeout=10)
-        fin = disp.process("c", Publish(f"$file/f/fin/{len(data)}", b"", 1, packet_id=1))
-        seg = disp.process("c", Publish("$file/f/0", b"y" * 10, 1, packet_id=2))
+        fin = disp.process("c", f"$file/f/fin/{len(data)}", b"", 1)
+        seg = disp.process("c", "$file/f/0", b"y" * 10, 1)
         assert isinstance(fin, Deferred) and fin.ack is None
         assert isinstance(seg, Deferred) and seg.ack is None
         await export

@@ -13,11 +13,8 @@ from hypothesis import strategies as st
 
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
-    esc,
-    esc_len,
     export_dir_parts,
     export_relpath,
-    is_printable,
     manifest_bytes,
     manifest_relpath,
     parse_manifest,
@@ -26,7 +23,8 @@ from ftserver.export.layout import (
     staging_bucket,
     staging_relpath,
 )
-from ftserver.transfer.meta import FileMeta, parse_filemeta
+from ftserver.meta import FileMeta, parse_filemeta
+from ftserver.names import esc, esc_len, is_printable
 
 SUM = "a1" * 32
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ftserver import errors
-from ftserver.transfer.meta import (
+from ftserver.meta import (
     MAX_NAME_BYTES,
     FileMeta,
     check_name,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ftserver.errors import InvalidFileMeta, InvalidFileMetaJson
-from ftserver.export.layout import is_printable
+from ftserver.names import is_printable
 
 __all__ = [
     "MAX_NAME_BYTES",

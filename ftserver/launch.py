@@ -1,0 +1,58 @@
+"""Starting the server: one process (``--workers 1``) or a supervisor with its workers.
+
+The top of the process layers: ``__main__`` parses the command line and calls :func:`run`,
+which picks the single-process :class:`~ftserver.server.Server` or the
+:class:`~ftserver.supervisor.Supervisor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from ftserver.config import Config, ConfigSource
+from ftserver.server import Server, announce, new_runner, setup_logging
+from ftserver.supervisor import Supervisor
+
+log = logging.getLogger("ftserver")
+
+
+def run(config: Config, source: ConfigSource) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit status.
+
+    ``source`` (the config file and overrides) lets worker processes load the same
+    configuration.
+    """
+    setup_logging(config)
+    workers = config.server.worker_count
+    if workers > 1:
+        # prometheus-client's multiprocess mode: chosen by the environment before its first
+        # import, in this process and in every worker (they inherit the variable)
+        mdir = Path(config.server.data_dir) / "run" / "metrics"
+        shutil.rmtree(mdir, ignore_errors=True)
+        mdir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mdir.absolute())
+    with new_runner() as runner:
+        if workers <= 1:
+            return runner.run(_main(config))
+        return runner.run(Supervisor(config, source).run())
+
+
+async def _main(config: Config) -> int:
+    server = Server(config)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    assert server.mqtt_address is not None and server.http_address is not None
+    announce(server.mqtt_address, server.http_address, server.data_dir, server.mqtts_address)
+    await server.serve_until_stopped()
+    return 0
