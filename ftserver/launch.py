@@ -16,7 +16,6 @@ from pathlib import Path
 
 from ftserver.config import Config, ConfigSource
 from ftserver.server import Server, announce, new_runner, setup_logging
-from ftserver.supervisor import Supervisor
 
 log = logging.getLogger("ftserver")
 
@@ -39,6 +38,10 @@ def run(config: Config, source: ConfigSource) -> int:
     with new_runner() as runner:
         if workers <= 1:
             return runner.run(_main(config))
+        # only now: the supervisor imports prometheus-client (through ftserver.metrics), which
+        # reads PROMETHEUS_MULTIPROC_DIR once, at its first import
+        from ftserver.supervisor import Supervisor
+
         return runner.run(Supervisor(config, source).run())
 
 
