@@ -172,7 +172,9 @@ class Supervisor:
         w.filters = Counter()
         w.started_at = time.monotonic()
         w.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ftserver", "_worker",
+            # -P: the supervisor's current directory is not put on the worker's sys.path, so a
+            # folder there called ftserver/ or ftcore/ is never imported instead of ours
+            sys.executable, "-P", "-m", "ftserver", "_worker",
             pass_fds=[theirs.fileno()], env=env, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         theirs.close()

@@ -38,10 +38,14 @@ class ServerProcess:
         self.http_port = 0
         self.stderr_path = data_dir.parent / f"{data_dir.name}-stderr.log"
         self.env = dict(os.environ)
+        #: how ftserver is started (the installed console script is another choice)
+        self.argv0 = [sys.executable, "-m", "ftserver"]
+        #: the server's current directory (None: the test's)
+        self.cwd: Path | None = None
 
     def start(self, mqtt_port: int = 0) -> ServerProcess:
         cmd = [
-            sys.executable, "-m", "ftserver", "serve",
+            *self.argv0, "serve",
             "--mqtt", f"127.0.0.1:{mqtt_port}",
             "--http", "127.0.0.1:0",
             "--data", str(self.data_dir),
@@ -50,7 +54,7 @@ class ServerProcess:
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "a")  # noqa: SIM115 - kept for the process life
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self.env
+            cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=self.env, cwd=self.cwd
         )
         deadline = time.monotonic() + START_TIMEOUT
         assert self.proc.stdout is not None
