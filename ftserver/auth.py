@@ -1,9 +1,10 @@
-"""Authentication: a password file of argon2id hashes, and identities from TLS certificates.
+"""Authentication: a password file of argon2id hashes.
 
 The password file has one ``username:hash`` line per user (``#`` starts a comment); hashes
 are argon2id in the PHC string format (argon2-cffi), so each carries its own salt and cost
 parameters. ``ftserver passwd FILE USER`` manages it. The file is re-read when it changes, so
-users can be added without a restart.
+users can be added without a restart. (A client certificate standing for a user name or a
+clientId is the MQTT connection's business: :mod:`ftserver.mqtt.connection`.)
 
 Verification is deliberately slow and memory-hard: it runs in a thread, at most
 ``MAX_CONCURRENT_VERIFY`` at a time (a flood of CONNECTs must not exhaust memory), and a
@@ -17,7 +18,6 @@ import contextlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import argon2
@@ -129,11 +129,3 @@ def _write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a connection is, once authenticated (None: anonymous)."""
-
-    username: str | None
-    client_id: str

@@ -24,7 +24,7 @@ from aiohttp import web
 from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
 from ftserver.config import Config, HostPort, host_port, is_loopback_host
-from ftserver.export import close_exporter, make_exporter
+from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
 from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
@@ -246,7 +246,7 @@ class Server:
                 conn.shutdown()
         if self.store is not None:
             await self.store.close()
-            await close_exporter(self.store.exporter)
+            await self.store.exporter.close()
         if self.ctx is not None:
             self._flush_metrics()
         if self._mqtt is not None:

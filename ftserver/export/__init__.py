@@ -1,4 +1,4 @@
-"""Exporters: where finished files go (PROTOCOL.md §6).
+"""Exporters: where finished files go (docs/protocol.md §6), and how they are found again.
 
 :func:`make_exporter` builds the one ``export.kind`` names: the local directory in EMQX's
 layout (:mod:`ftserver.export.local`) or an S3-compatible bucket (:mod:`ftserver.export.s3`).
@@ -6,7 +6,6 @@ layout (:mod:`ftserver.export.local`) or an S3-compatible bucket (:mod:`ftserver
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ if TYPE_CHECKING:
     from ftserver.config import ExportConfig
     from ftserver.export.base import Exporter
 
-__all__ = ["close_exporter", "make_exporter"]
+__all__ = ["make_exporter"]
 
 
 def make_exporter(cfg: ExportConfig, data_dir: Path) -> Exporter:
@@ -27,12 +26,3 @@ def make_exporter(cfg: ExportConfig, data_dir: Path) -> Exporter:
     from ftserver.export.local import LocalExporter
 
     return LocalExporter(data_dir / "exports")
-
-
-async def close_exporter(exporter: object) -> None:
-    """Release what an exporter holds (the S3 client and its thread); a no-op for others."""
-    close = getattr(exporter, "close", None)
-    if close is not None:
-        result = close()
-        if inspect.isawaitable(result):
-            await result

@@ -1,7 +1,7 @@
 """The expiry collector of local exports, and the removal of one export.
 
 An export whose manifest carries ``expire_at`` (Unix seconds, from the init metadata) is
-deleted once that moment has passed (PROTOCOL.md §7). Removal order is the reverse of the
+deleted once that moment has passed (docs/protocol.md §7). Removal order is the reverse of the
 exporter's: the manifest first (so the export stops being listed or looked up at once), then
 the file, then whichever of its parent directories became empty, up to but never including
 the exports root.

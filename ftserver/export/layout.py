@@ -1,4 +1,4 @@
-"""Names on disk and in object storage, identical to EMQX's (PROTOCOL.md §6).
+"""Names on disk and in object storage, identical to EMQX's (docs/protocol.md §6).
 
 Everything here is pure: strings in, strings (or paths, or bytes) out, no IO. Existing EMQX
 tooling finds ftserver's exports only if these names match EMQX's byte for byte, so each
@@ -99,7 +99,7 @@ def export_relpath(client_id: str, file_id: str, name: str) -> PurePosixPath:
     """Path of an exported file relative to the exports root, EMQX's layout.
 
     ``<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>``; ``name`` is used as it is (the
-    protocol never rewrites it) and must already satisfy the name rules of PROTOCOL.md §3.
+    protocol never rewrites it) and must already satisfy the name rules of docs/protocol.md §3.
     """
     _check_name(name)
     b1, b2, b3 = export_dir_parts(client_id, file_id)
@@ -129,7 +129,7 @@ def staging_bucket(client_id: str) -> str:
 def staging_relpath(bucket: str, client_id: str, file_id: str) -> PurePosixPath:
     """Directory of an unfinished transfer relative to the data directory.
 
-    ``staging/<bucket>/<esc(clientId)>/<esc(fileId)>`` (ARCHITECTURE.md, "State on disk");
+    ``staging/<bucket>/<esc(clientId)>/<esc(fileId)>`` (docs/architecture.md, "State on disk");
     ``bucket`` is normally :func:`staging_bucket` of ``client_id``: it is taken as given (so
     that a store can be migrated) but must be one plain path component.
     """

@@ -1,45 +1,67 @@
-"""The local-directory exporter, in EMQX's layout (PROTOCOL.md §6).
+"""The local-directory exporter, in EMQX's layout (docs/protocol.md §6).
 
 ``<exports>/<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>`` plus the sidecar
 ``<name>.MANIFEST.json``. When the exports directory is on the staging filesystem (the
 default: both live under the data directory) an export is a rename plus the manifest: its
 cost does not grow with the file. The manifest is written last and atomically, so its presence
 is what marks a file as exported.
+
+The HTTP API reads the same tree (:mod:`ftserver.export.tree`) in a small thread pool the
+exporter starts on first use, so that a slow disk or a large listing never blocks an event
+loop nor the executor that exports run in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import os
 import secrets
 import shutil
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar, Final, TypeVar
 
 from ftserver.errors import FtError
-from ftserver.export.base import INIT_CHECKSUM_KEY, ExportInfo
-from ftserver.export.layout import (
-    MANIFEST_SUFFIX,
-    export_dir_parts,
-    manifest_bytes,
-    parse_manifest,
+from ftserver.export import tree
+from ftserver.export.base import (
+    INIT_CHECKSUM_KEY,
+    ExportedFile,
+    ExportInfo,
+    FilePage,
+    Key,
+    Redirect,
 )
+from ftserver.export.layout import MANIFEST_SUFFIX, manifest_bytes, parse_manifest
 from ftserver.meta import FileMeta, JsonValue, filemeta_from_obj
-from ftserver.names import esc
 from ftserver.storage.journal import fsync_dir
+
+T = TypeVar("T")
+
+#: threads reading the tree for the HTTP API (directory walks, stats, manifest reads)
+READER_THREADS: Final = 4
 
 
 class LocalExporter:
     """The local directory exporter (EMQX layout); an export is a rename plus a manifest."""
 
+    #: a listing position is an export's path below the root (B1, B2, B3, cid, fid, name)
+    cursor_kind: ClassVar[str] = "e"
+    cursor_length: ClassVar[int] = 6
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._readers: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def transfer_dir(self, client_id: str, file_id: str) -> Path:
-        b1, b2, b3 = export_dir_parts(client_id, file_id)
-        return self.root / b1 / b2 / b3 / esc(client_id) / esc(file_id)
+        return tree.transfer_dir(self.root, client_id, file_id)
 
     def lookup(self, client_id: str, file_id: str) -> ExportInfo | None:
         """The export of this transfer, if there is one (a manifest beside its file)."""
@@ -135,3 +157,71 @@ class LocalExporter:
             os.close(fd)
         os.replace(tmp, final)
         fsync_dir(d)
+
+    # -- what the HTTP API reads -------------------------------------------------------------
+
+    async def _read(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking ``fn(*args)`` in the exporter's reader threads."""
+        with self._lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(
+                    max_workers=READER_THREADS, thread_name_prefix="ftserver-exports"
+                )
+            readers = self._readers
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(readers, functools.partial(fn, *args))
+
+    async def list_files(self, after: Key, limit: int) -> FilePage:
+        entries, more = await self._read(tree.page, self.root, after, limit)
+        next_key = entries[-1].key if more and entries else None
+        return FilePage([_listed(e) for e in entries], next_key)
+
+    async def transfer_files(self, client_id: str, file_id: str) -> list[ExportedFile]:
+        entries = await self._read(tree.exports_of_transfer, self.root, client_id, file_id)
+        return [_listed(e) for e in entries]
+
+    async def delete_transfer(self, client_id: str, file_id: str) -> int:
+        return await self._read(tree.delete_transfer_exports, self.root, client_id, file_id)
+
+    async def serve(self, fileref: str) -> Path | Redirect | None:
+        """The file itself (``fileref`` is its path below the root, see
+        :func:`~ftserver.export.tree.resolve_fileref`)."""
+        return await self._read(tree.resolve_fileref, self.root, fileref)
+
+    async def close(self) -> None:
+        """Stop the reader threads (reads in progress are abandoned)."""
+        with self._lock:
+            readers, self._readers = self._readers, None
+        if readers is not None:
+            readers.shutdown(wait=False, cancel_futures=True)
+
+
+def _representable(ts: float) -> bool:
+    """Whether a timestamp can be rendered as a date (RFC 3339)."""
+    try:
+        datetime.fromtimestamp(int(ts), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
+
+
+def _listed(e: tree.ExportEntry) -> ExportedFile:
+    """A listing item: stamped with the manifest's ``exported_at`` when it has a usable one,
+    else with the file's mtime."""
+    exported_at = e.manifest.get("exported_at")
+    ts = e.mtime
+    if (
+        isinstance(exported_at, int | float)
+        and not isinstance(exported_at, bool)
+        and _representable(exported_at)
+    ):
+        ts = exported_at
+    return ExportedFile(
+        client_id=e.client_id,
+        file_id=e.file_id,
+        name=e.name,
+        size=e.size,
+        timestamp=ts,
+        metadata=e.manifest,
+        fileref=e.relpath,
+    )

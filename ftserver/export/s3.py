@@ -1,4 +1,4 @@
-"""The S3 exporter: finished files go to an S3-compatible bucket (PROTOCOL.md §6).
+"""The S3 exporter: finished files go to an S3-compatible bucket (docs/protocol.md §6).
 
 Object key ``<esc(clientId)>/<esc(fileId)>/<name>`` and user metadata
 ``x-amz-meta-clientid``, ``-fileid``, ``-filemeta``, ``-filemeta-vsn`` exactly as EMQX writes
@@ -37,6 +37,11 @@ The local index
     in between leaves the transfer staged and a re-sent fin uploads it again (the same key,
     so the object is simply replaced). Deleting a transfer's files through the HTTP API
     removes the objects and the index entry together.
+
+What the HTTP API sees
+    Listings come from the bucket itself (ListObjects, then a HEAD per object for its
+    metadata), downloads are redirects to presigned URLs. A failed request becomes a
+    :class:`~ftserver.export.base.BackendError` (HTTP 502) with the same descriptions.
 """
 
 from __future__ import annotations
@@ -58,15 +63,22 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from ftserver.config import S3_MAX_PART, ExportConfig
 from ftserver.errors import FtError, StorageError
-from ftserver.export.base import INIT_CHECKSUM_KEY, ExportInfo
-from ftserver.export.collector import delete_export
+from ftserver.export import tree
+from ftserver.export.base import (
+    INIT_CHECKSUM_KEY,
+    BackendError,
+    ExportedFile,
+    ExportInfo,
+    FilePage,
+    Key,
+    Redirect,
+)
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
-    export_dir_parts,
     manifest_bytes,
     parse_manifest,
     s3_key,
@@ -84,6 +96,8 @@ __all__ = [
     "decode_header_value",
     "encode_header_value",
     "index_root",
+    "parse_key",
+    "part_size_for",
     "s3_error",
 ]
 
@@ -312,8 +326,8 @@ def _timestamp(value: object) -> float:
 class S3Bucket:
     """The configured bucket, through one aiobotocore client bound to one event loop.
 
-    Used by the exporter (on its own loop, :class:`_IoLoop`) and by the HTTP API (on the
-    API's loop). :meth:`open` must run on that loop before any other call; :meth:`close`
+    The exporter runs it on a loop of its own (:class:`_IoLoop`), for uploads and for the
+    HTTP API alike. :meth:`open` must run on that loop before any other call; :meth:`close`
     releases the connections.
     """
 
@@ -573,11 +587,6 @@ class S3Bucket:
         items = await asyncio.gather(*(one(o) for o in objects))
         return [i for i in items if i is not None]
 
-    async def list_page(self, after: str, limit: int) -> tuple[list[S3Object], bool]:
-        """A page of the listing: :meth:`list_keys` then :meth:`describe`."""
-        objects, more = await self.list_keys(after, limit)
-        return await self.describe(objects), more
-
     async def transfer_objects(self, client_id: str, file_id: str) -> list[S3Object]:
         """The objects of one transfer: the exact prefix ``<esc(cid)>/<esc(fid)>/`` (so
         fileId ``f1`` never matches ``f10``), sorted by name."""
@@ -681,8 +690,12 @@ class _IoLoop:
 
 
 class S3Exporter:
-    """Exports to an S3 bucket (:class:`~ftserver.export.local.Exporter`), with a local
+    """Exports to an S3 bucket (:class:`~ftserver.export.base.Exporter`), with a local
     index of finished exports under ``root`` that answers :meth:`lookup`."""
+
+    #: a listing position is an object key (the S3 marker)
+    cursor_kind: ClassVar[str] = "s"
+    cursor_length: ClassVar[int] = 1
 
     def __init__(self, cfg: ExportConfig, root: Path) -> None:
         self.cfg = cfg
@@ -695,8 +708,7 @@ class S3Exporter:
 
     def transfer_dir(self, client_id: str, file_id: str) -> Path:
         """The index directory of a transfer (the local exporter's layout)."""
-        b1, b2, b3 = export_dir_parts(client_id, file_id)
-        return self.root / b1 / b2 / b3 / esc(client_id) / esc(file_id)
+        return tree.transfer_dir(self.root, client_id, file_id)
 
     def lookup(self, client_id: str, file_id: str) -> ExportInfo | None:
         """The recorded export of this transfer, from the local index only."""
@@ -811,33 +823,75 @@ class S3Exporter:
         interrupted export either is in the index or still has its data staged."""
         return self.lookup(client_id, file_id)
 
-    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine that uses :attr:`bucket` on the exporter's S3 loop."""
-        return await self._io.run(coro)
+    # -- what the HTTP API reads -------------------------------------------------------------
 
-    @property
-    def bucket(self) -> S3Bucket:
-        """The bucket client (use it only through :meth:`run`)."""
-        return self._io.bucket
+    async def _ask(self, what: str, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the S3 loop; a failure of S3 becomes a :class:`BackendError`
+        that says what happened."""
+        try:
+            return await self._io.run(coro)
+        except Exception as exc:
+            err = s3_error(exc)
+            log.warning("s3: %s failed: %s (%s)", what, err.description, _brief(exc))
+            raise BackendError(err.description) from exc
+
+    async def _listed(self, obj: S3Object) -> ExportedFile:
+        return ExportedFile(
+            client_id=obj.client_id,
+            file_id=obj.file_id,
+            name=obj.name,
+            size=obj.size,
+            timestamp=obj.last_modified,
+            metadata=obj.metadata,
+            fileref=obj.key,
+            url=await self._io.bucket.presign(obj.key),
+        )
+
+    async def list_files(self, after: Key, limit: int) -> FilePage:
+        async def listing() -> FilePage:
+            bucket = self._io.bucket
+            objects, more = await bucket.list_keys(after[0] if after else "", limit)
+            files = [await self._listed(o) for o in await bucket.describe(objects)]
+            # the S3 marker: the last key of this page, whether or not its HEAD still found it
+            next_key = (str(objects[-1]["Key"]),) if more and objects else None
+            return FilePage(files, next_key)
+
+        return await self._ask("listing", listing())
+
+    async def transfer_files(self, client_id: str, file_id: str) -> list[ExportedFile]:
+        async def listing() -> list[ExportedFile]:
+            objects = await self._io.bucket.transfer_objects(client_id, file_id)
+            return [await self._listed(o) for o in objects]
+
+        return await self._ask(f"listing of {client_id!r}/{file_id!r}", listing())
+
+    async def delete_transfer(self, client_id: str, file_id: str) -> int:
+        """Delete the objects, then the index entry (which answers retransmitted commands)."""
+        what = f"deletion of {client_id!r}/{file_id!r}"
+        removed = await self._ask(what, self._io.bucket.delete_transfer(client_id, file_id))
+        loop = asyncio.get_running_loop()
+        indexed = await loop.run_in_executor(
+            None, tree.delete_transfer_exports, self.root, client_id, file_id
+        )
+        return max(removed, indexed)
+
+    async def serve(self, fileref: str) -> Path | Redirect | None:
+        """A redirect to a presigned URL of the object ``fileref`` (its key); None when
+        there is no such object."""
+        if parse_key(fileref) is None:
+            return None
+
+        async def locate() -> Redirect | None:
+            bucket = self._io.bucket
+            if await bucket.head(fileref) is None:
+                return None
+            return Redirect(await bucket.presign(fileref))
+
+        return await self._ask(f"download of {fileref!r}", locate())
 
     async def close(self) -> None:
         """Close the S3 client and stop its thread."""
         await asyncio.get_running_loop().run_in_executor(None, self._io.close)
-
-
-def remove_index_entry(root: Path, client_id: str, file_id: str) -> int:
-    """Remove a transfer's entries from the local index (blocking); returns how many."""
-    b1, b2, b3 = export_dir_parts(client_id, file_id)
-    d = root / b1 / b2 / b3 / esc(client_id) / esc(file_id)
-    try:
-        names = os.listdir(d)
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    removed = 0
-    for entry in names:
-        if entry.endswith(MANIFEST_SUFFIX) and len(entry) > len(MANIFEST_SUFFIX):
-            removed += delete_export(d, entry[: -len(MANIFEST_SUFFIX)], root)
-    return removed
 
 
 def _brief(exc: BaseException) -> str:

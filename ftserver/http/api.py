@@ -1,16 +1,20 @@
-"""The HTTP API (PROTOCOL.md §7): EMQX-compatible file listing and download, health.
+"""The HTTP API (docs/protocol.md §7): EMQX-compatible file listing and download, health.
 
 ``build_app`` returns the aiohttp application the server mounts on ``--http``. Paths and
 response shapes follow EMQX's ``/api/v5/file_transfer`` API so that tools written for EMQX
 work unchanged; docs/http-api.md describes every endpoint and :mod:`ftserver.http.openapi`
 holds the OpenAPI document served at ``/api/v5/openapi.json``.
 
-The API shares nothing in memory with the MQTT workers: it reads the data directory
-(:mod:`ftserver.http.disk`) in a small thread pool of its own, so that a slow disk or a
-large listing never blocks an event loop nor the executor that exports run in.
+The API shares nothing in memory with the MQTT workers. It finds exported files through the
+one :class:`~ftserver.export.base.Exporter` interface, whichever exporter ``export.kind``
+names (the local directory, or an S3 bucket whose files are served by redirects), and reads
+the unfinished transfers from the data directory (:mod:`ftserver.http.disk`); blocking reads
+run in thread pools of their own, so that a slow disk or a large listing never blocks an
+event loop nor the executor that exports run in.
 
 Errors are JSON ``{"code": "...", "message": "..."}`` as EMQX writes them; this module's
-middleware is the one place that turns failures into HTTP statuses.
+middleware is the one place that turns failures into HTTP statuses (an
+:class:`~ftserver.errors.FtError` carries its own).
 """
 
 from __future__ import annotations
@@ -38,15 +42,8 @@ from multidict import CIMultiDict
 
 from ftserver.config import Config
 from ftserver.errors import FtError
-from ftserver.export.collector import delete_export
-from ftserver.export.s3 import (
-    S3Bucket,
-    S3Object,
-    index_root,
-    parse_key,
-    remove_index_entry,
-    s3_error,
-)
+from ftserver.export import make_exporter
+from ftserver.export.base import BackendError, ExportedFile, Exporter, Redirect
 from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.http.openapi import OPENAPI
@@ -86,27 +83,11 @@ class ApiContext:
     #: the ``node`` query parameter of download URIs (accepted and ignored on download)
     node: str = field(default_factory=default_node_name)
 
-    @property
-    def exports_dir(self) -> Path:
-        return self.data_dir / "exports"
-
-
-class _S3Client:
-    """The API's S3 client (``export.kind = "s3"``), opened on first use."""
-
-    def __init__(self, ctx: ApiContext) -> None:
-        self.bucket = S3Bucket(ctx.config.export)
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> S3Bucket:
-        async with self._lock:
-            await self.bucket.open()
-        return self.bucket
-
 
 _CTX: Final = web.AppKey("ftserver_api_ctx", ApiContext)
 _POOL: Final = web.AppKey("ftserver_api_pool", ThreadPoolExecutor)
-_S3: Final = web.AppKey("ftserver_api_s3", _S3Client)
+#: the API's own exporter of ``export.kind`` (its catalogue side only), closed at cleanup
+_EXPORTER: Final = web.AppKey[Exporter]("ftserver_api_exporter")
 
 
 class ApiError(Exception):
@@ -151,10 +132,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = _HTTP_CODES.get(exc.status, "ERROR")
         return _error_response(exc.status, code, exc.reason, headers)
     except FtError as exc:
-        return _error_response(exc.http_status, exc.description.upper(), exc.description)
+        return _error_response(exc.http_status, _error_code(exc), exc.description)
     except Exception:
         log.exception("HTTP API: %s %s failed", request.method, request.path)
         return _error_response(500, "INTERNAL_ERROR", "internal error")
+
+
+def _error_code(exc: FtError) -> str:
+    """The EMQX-style code of an error: the store behind the exporter failing is EMQX's
+    ``S3_ERROR`` (its description in the message); any other, its description."""
+    if isinstance(exc, BackendError):
+        return exc.http_code
+    return exc.description.upper()
 
 
 def _token_ok(authorization: str, token: str) -> bool:
@@ -277,36 +266,30 @@ def file_uri(node: str, relpath: str) -> str:
     return f"{API_BASE}/file_transfer/file?{query}"
 
 
-def _file_item(ctx: ApiContext, e: disk.ExportEntry) -> dict[str, JsonValue]:
-    exported_at = e.manifest.get("exported_at")
-    ts = e.mtime
-    if isinstance(exported_at, int | float) and not isinstance(exported_at, bool):
-        ts = exported_at
+def _file_item(ctx: ApiContext, f: ExportedFile) -> dict[str, JsonValue]:
     try:
-        timestamp = _rfc3339(ts)
+        timestamp = _rfc3339(f.timestamp)
     except (OverflowError, OSError, ValueError):
-        timestamp = _rfc3339(e.mtime)
+        timestamp = _rfc3339(0)
     return {
-        "clientid": e.client_id,
-        "fileid": e.file_id,
-        "name": e.name,
-        "size": e.size,
+        "clientid": f.client_id,
+        "fileid": f.file_id,
+        "name": f.name,
+        "size": f.size,
         "timestamp": timestamp,
-        "uri": file_uri(ctx.node, e.relpath),
-        "metadata": e.manifest,
+        "uri": f.url if f.url is not None else file_uri(ctx.node, f.fileref),
+        "metadata": f.metadata,
     }
 
 
 async def _list_files(request: web.Request) -> web.Response:
-    ctx = request.app[_CTX]
+    ctx, exporter = request.app[_CTX], request.app[_EXPORTER]
     limit = _limit(request)
-    if _S3 in request.app:
-        return await _s3_list_files(request, limit)
-    after = _following(request, "e", 6)
-    entries, more = await _run(request, _page, disk.iter_exports(ctx.exports_dir, after), limit)
-    body: dict[str, JsonValue] = {"files": [_file_item(ctx, e) for e in entries]}
-    if more and entries:
-        body["cursor"] = encode_cursor("e", entries[-1].key)
+    after = _following(request, exporter.cursor_kind, exporter.cursor_length)
+    page = await exporter.list_files(after, limit)
+    body: dict[str, JsonValue] = {"files": [_file_item(ctx, f) for f in page.files]}
+    if page.next_key is not None:
+        body["cursor"] = encode_cursor(exporter.cursor_kind, page.next_key)
     return web.json_response(body)
 
 
@@ -322,26 +305,15 @@ _FILES_NOT_FOUND = "Files requested for this transfer could not be found"
 async def _transfer_files(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     client_id, file_id = _transfer_ids(request)
-    if _S3 in request.app:
-        return await _s3_transfer_files(request, client_id, file_id)
-    entries = await _run(request, disk.exports_of_transfer, ctx.exports_dir, client_id, file_id)
-    if not entries:
+    files = await request.app[_EXPORTER].transfer_files(client_id, file_id)
+    if not files:
         raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
-    return web.json_response({"files": [_file_item(ctx, e) for e in entries]})
-
-
-def _delete_transfer(root: Path, client_id: str, file_id: str) -> int:
-    d = root.joinpath(*disk.transfer_dir_key(client_id, file_id))
-    return sum(delete_export(d, name, root) for name in disk.export_names(str(d)))
+    return web.json_response({"files": [_file_item(ctx, f) for f in files]})
 
 
 async def _delete_transfer_files(request: web.Request) -> web.Response:
-    ctx = request.app[_CTX]
     client_id, file_id = _transfer_ids(request)
-    if _S3 in request.app:
-        removed = await _s3_delete_transfer(request, client_id, file_id)
-    else:
-        removed = await _run(request, _delete_transfer, ctx.exports_dir, client_id, file_id)
+    removed = await request.app[_EXPORTER].delete_transfer(client_id, file_id)
     if not removed:
         raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
     log.info("HTTP API: deleted %d export(s) of %r/%r", removed, client_id, file_id)
@@ -398,95 +370,22 @@ class _ExactFileResponse(web.FileResponse):
 
 
 async def _download(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[_CTX]
     fileref = request.query.get("fileref")
     if fileref is None:
         raise ApiError(400, "BAD_REQUEST", "missing query parameter: fileref")
     # "node" (EMQX's cluster node holding the file) is accepted and ignored: one node here
-    if _S3 in request.app:
-        await _s3_redirect(request, fileref)
-    path = await _run(request, disk.resolve_fileref, ctx.exports_dir, fileref)
-    if path is None:
+    served = await request.app[_EXPORTER].serve(fileref)
+    if served is None:
         raise ApiError(404, "NOT_FOUND", "Not found")
+    if isinstance(served, Redirect):
+        raise web.HTTPTemporaryRedirect(served.url)
     return _ExactFileResponse(
-        path,
+        served,
         headers={
             hdrs.CONTENT_TYPE: "application/octet-stream",
             hdrs.CONTENT_DISPOSITION: _content_disposition(fileref.rsplit("/", 1)[-1]),
         },
     )
-
-
-# --------------------------------------------------------------------------------------------
-# S3 exports (export.kind = "s3"): listed from the bucket, downloaded through presigned URLs
-
-
-async def _s3(request: web.Request, coro: Awaitable[T]) -> T:
-    """Await an S3 call; a failure of S3 is a 502 whose message says what happened."""
-    try:
-        return await coro
-    except (ApiError, web.HTTPException):
-        raise
-    except Exception as exc:
-        err = s3_error(exc)
-        log.warning("HTTP API: S3 request for %s failed: %s (%r)", request.path, err, exc)
-        raise ApiError(502, "S3_ERROR", err.description) from None
-
-
-async def _s3_item(bucket: S3Bucket, obj: S3Object) -> dict[str, JsonValue]:
-    try:
-        timestamp = _rfc3339(obj.last_modified)
-    except (OverflowError, OSError, ValueError):
-        timestamp = _rfc3339(0)
-    return {
-        "clientid": obj.client_id,
-        "fileid": obj.file_id,
-        "name": obj.name,
-        "size": obj.size,
-        "timestamp": timestamp,
-        "uri": await bucket.presign(obj.key),
-        "metadata": obj.metadata,
-    }
-
-
-async def _s3_list_files(request: web.Request, limit: int) -> web.Response:
-    after = _following(request, "s", 1)
-    bucket = await _s3(request, request.app[_S3].get())
-    objects, more = await _s3(request, bucket.list_keys(after[0] if after else "", limit))
-    items = await _s3(request, bucket.describe(objects))
-    body: dict[str, JsonValue] = {"files": [await _s3_item(bucket, o) for o in items]}
-    if more and objects:
-        # the S3 marker: the last key of this page, whether or not its HEAD still found it
-        body["cursor"] = encode_cursor("s", (str(objects[-1]["Key"]),))
-    return web.json_response(body)
-
-
-async def _s3_transfer_files(request: web.Request, client_id: str, file_id: str) -> web.Response:
-    bucket = await _s3(request, request.app[_S3].get())
-    items = await _s3(request, bucket.transfer_objects(client_id, file_id))
-    if not items:
-        raise ApiError(404, "FILES_NOT_FOUND", _FILES_NOT_FOUND)
-    return web.json_response({"files": [await _s3_item(bucket, o) for o in items]})
-
-
-async def _s3_delete_transfer(request: web.Request, client_id: str, file_id: str) -> int:
-    ctx = request.app[_CTX]
-    bucket = await _s3(request, request.app[_S3].get())
-    removed = await _s3(request, bucket.delete_transfer(client_id, file_id))
-    # the workers' local index of the export (it answers retransmitted commands)
-    indexed = await _run(request, remove_index_entry, index_root(ctx.data_dir), client_id, file_id)
-    return max(removed, indexed)
-
-
-async def _s3_redirect(request: web.Request, fileref: str) -> None:
-    """Answer a download of an S3 export (``fileref`` is its key) with a redirect to a
-    presigned URL; 404 when there is no such object."""
-    if parse_key(fileref) is None:
-        raise ApiError(404, "NOT_FOUND", "Not found")
-    bucket = await _s3(request, request.app[_S3].get())
-    if await _s3(request, bucket.head(fileref)) is None:
-        raise ApiError(404, "NOT_FOUND", "Not found")
-    raise web.HTTPTemporaryRedirect(await bucket.presign(fileref))
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,13 +407,12 @@ def build_app(ctx: ApiContext) -> web.Application:
         pool.shutdown(wait=False, cancel_futures=True)
 
     app.on_cleanup.append(shutdown_pool)
-    if ctx.config.export.kind == "s3":
-        s3 = app[_S3] = _S3Client(ctx)
+    exporter = app[_EXPORTER] = make_exporter(ctx.config.export, ctx.data_dir)
 
-        async def close_s3(_app: web.Application) -> None:
-            await s3.bucket.close()
+    async def close_exporter(_app: web.Application) -> None:
+        await exporter.close()
 
-        app.on_cleanup.append(close_s3)
+    app.on_cleanup.append(close_exporter)
 
     r = app.router
     r.add_get("/healthz", _healthz, allow_head=False)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from test_http_api import key_of, make_export, transfer_dir
 
 import ftcore
+from ftserver.export import tree
 from ftserver.export.collector import collect_expired_exports, delete_export
 from ftserver.export.layout import MANIFEST_SUFFIX, staging_bucket
 from ftserver.http import disk
@@ -122,14 +123,14 @@ def _tree(root: Path) -> list[tuple[str, ...]]:
 def test_iter_exports_resumes_after_every_key(tmp_path: Path) -> None:
     root = tmp_path / "exports"
     keys = _tree(root)
-    assert [e.key for e in disk.iter_exports(root)] == keys
+    assert [e.key for e in tree.iter_exports(root)] == keys
     for i, key in enumerate(keys):
-        assert [e.key for e in disk.iter_exports(root, key)] == keys[i + 1 :]
+        assert [e.key for e in tree.iter_exports(root, key)] == keys[i + 1 :]
     # a position that names no item (removed since) resumes at the next key
     missing = (*keys[5][:5], keys[5][5] + "\x00")
-    assert [e.key for e in disk.iter_exports(root, missing)] == keys[6:]
+    assert [e.key for e in tree.iter_exports(root, missing)] == keys[6:]
     missing_dir = (keys[5][0], keys[5][1], "0" * 36, "x", "y", "z")
-    assert [e.key for e in disk.iter_exports(root, missing_dir)] == [
+    assert [e.key for e in tree.iter_exports(root, missing_dir)] == [
         k for k in keys if k > missing_dir
     ]
 
@@ -137,9 +138,9 @@ def test_iter_exports_resumes_after_every_key(tmp_path: Path) -> None:
 def test_export_entries_decode_ids(tmp_path: Path) -> None:
     root = tmp_path / "exports"
     _tree(root)
-    ids = {(e.client_id, e.file_id) for e in disk.iter_exports(root)}
+    ids = {(e.client_id, e.file_id) for e in tree.iter_exports(root)}
     assert {("..", "."), ("a/b", "%"), ("é", "😀")} <= ids
-    [entry] = disk.exports_of_transfer(root, "a/b", "%")
+    [entry] = tree.exports_of_transfer(root, "a/b", "%")
     assert entry.relpath == "/".join(key_of("a/b", "%", "n"))
     assert entry.manifest["clientid"] == "a/b"
 

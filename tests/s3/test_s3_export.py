@@ -1,7 +1,7 @@
 """S3 export end to end: real ftserver processes, a real S3 server (SeaweedFS), paho clients.
 
 Every expected key and metadata value is written out here from the protocol's rules
-(PROTOCOL.md §6), not read back from ftserver's own helpers; the bucket is inspected with
+(docs/protocol.md §6), not read back from ftserver's own helpers; the bucket is inspected with
 botocore directly. After each test the bucket fixture checks that no multipart upload is
 left open.
 """
@@ -191,7 +191,7 @@ def test_multipart_out_of_order(
     assert hashlib.sha256(obj_bytes(s3, bucket, key)).digest() == hashlib.sha256(data).digest()
 
 
-#: (clientId, fileId, name) -> the key PROTOCOL.md §6 gives, written out by hand
+#: (clientId, fileId, name) -> the key docs/protocol.md §6 gives, written out by hand
 NASTY = [
     ("dev/1 é", "f%1:a\\b", "nämé 文件 %20.bin", "dev%2F1 é/f%251%3Aa%5Cb/nämé 文件 %20.bin"),
     ("..", ".", ".hidden", "%2E%2E/%2E/.hidden"),
