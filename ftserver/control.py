@@ -2,7 +2,7 @@
 socket pair, each framed by a 4-byte big-endian length.
 
 A message with ``"req"`` expects a reply carrying ``"re"`` with the same number; any other
-message is one-way. Data (segment bytes) never travels here (ARCHITECTURE.md, Processes).
+message is one-way. Data (segment bytes) never travels here (docs/architecture.md, Processes).
 """
 
 from __future__ import annotations

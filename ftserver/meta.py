@@ -1,4 +1,4 @@
-"""The init command's metadata (PROTOCOL.md §3): parsing, validation, normal form.
+"""The init command's metadata (docs/protocol.md §3): parsing, validation, normal form.
 
 :func:`parse_filemeta` turns an init payload into a :class:`FileMeta` or raises
 :class:`~ftserver.errors.InvalidFileMetaJson` (the payload is not a JSON object) or
@@ -140,7 +140,7 @@ def _finite_float(text: str) -> float:
 
 
 def parse_filemeta(payload: bytes | bytearray | memoryview) -> FileMeta:
-    """Parse and validate an init payload (PROTOCOL.md §3).
+    """Parse and validate an init payload (docs/protocol.md §3).
 
     Raises :class:`InvalidFileMetaJson` when the payload is not UTF-8, not JSON, or JSON that
     is not an object; :class:`InvalidFileMeta` when a field breaks its rule. Unknown keys are
@@ -186,7 +186,7 @@ def filemeta_from_obj(obj: dict[str, JsonValue]) -> FileMeta:
 
 
 def check_name(name: object) -> str:
-    """Check an export file name against the rules of PROTOCOL.md §3, in their order.
+    """Check an export file name against the rules of docs/protocol.md §3, in their order.
 
     A string; at most :data:`MAX_NAME_BYTES` bytes of UTF-8; not empty; not ``.`` or ``..``;
     every code point printable and none of ``/``, ``\\``, ``:``. The name is returned as is:

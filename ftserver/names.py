@@ -1,4 +1,4 @@
-"""The name rules shared by the wire, the disk and object storage (PROTOCOL.md §1, §3, §6).
+"""The name rules shared by the wire, the disk and object storage (docs/protocol.md §1, §3, §6).
 
 - :func:`is_printable`: the printable code points of EMQX (Erlang's
   ``io_lib:printable_unicode_list/1``), used by the fileId, file-name and clientId rules;
@@ -22,7 +22,7 @@ def _is_hex(s: str) -> bool:
 
 
 def is_printable(cp: int) -> bool:
-    """Whether code point ``cp`` is printable in the sense of PROTOCOL.md §3 and §6.
+    """Whether code point ``cp`` is printable in the sense of docs/protocol.md §3 and §6.
 
     Printable means U+0020–U+007E, U+00A0–U+D7FF, U+E000–U+FFFD or U+10000–U+10FFFF (the
     ranges EMQX takes from Erlang's ``io_lib:printable_unicode_list/1``). Note that this is
@@ -125,7 +125,7 @@ def _decode_escaped(raw: bytearray, whole: str) -> str:
 def esc_len(s: str) -> int:
     """The length in UTF-8 bytes of ``esc(s)``, computed cheaply for the common cases.
 
-    Both the fileId rule (PROTOCOL.md §2) and the clientId rule (§1) limit the escaped form to
+    Both the fileId rule (docs/protocol.md §2) and the clientId rule (§1) limit the escaped form to
     255 bytes; this runs for every segment, so it avoids building the escaped string when it
     can.
     """

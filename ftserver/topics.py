@@ -2,7 +2,7 @@
 
 - :func:`is_valid_topic_name`, :func:`is_valid_topic_filter`: MQTT's rules (§4.7, §4.8);
 - :func:`topic_matches`: filter matching, with ``$`` topics hidden from first-level wildcards;
-- the file-transfer topic prefixes (PROTOCOL.md §1–§2) and :func:`is_file_command_topic`.
+- the file-transfer topic prefixes (docs/protocol.md §1–§2) and :func:`is_file_command_topic`.
 
 Pure functions; used by the codec, the session core, the dispatcher, the ACL and the
 supervisor's router alike, so it sits at the bottom of the layers.

@@ -1,4 +1,4 @@
-"""Every command and every malformed topic/payload of PROTOCOL.md §2–§3, over the wire, with
+"""Every command and every malformed topic/payload of docs/protocol.md §2–§3, over the wire, with
 its exact reason code and description (PUBACK and response document)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""expire_at is enforced (PROTOCOL.md §7): the server's collector deletes expired exports and
+"""expire_at is enforced (docs/protocol.md §7): the server's collector deletes expired exports and
 the API stops listing them; unexpired ones stay."""
 
 from __future__ import annotations

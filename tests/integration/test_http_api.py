@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md §7, docs/http-api.md) against a real ftserver process.
+"""The HTTP API (docs/protocol.md §7, docs/http-api.md) against a real ftserver process.
 
 Files are uploaded with paho (FtClient) where the point is the whole path, and written into
 the exports tree directly where the point is the listing itself (many files, odd ids, damaged

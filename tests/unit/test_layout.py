@@ -1,4 +1,4 @@
-"""EMQX's export layout (PROTOCOL.md §6): esc(), the bucket hash, paths, manifest, S3 names."""
+"""EMQX's export layout (docs/protocol.md §6): esc(), the bucket hash, paths, manifest, S3 names."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ ESC_VECTORS = [
     ("...", "..."),
     ("/etc/passwd", "%2Fetc%2Fpasswd"),
     ("\x01\x02\n ", "%01%02%0A "),
-    # PROTOCOL.md §6
+    # docs/protocol.md §6
     (".", "%2E"),
     ("%", "%25"),
     ("%2E", "%252E"),
