@@ -29,11 +29,15 @@ else:
 
 extensions = [
     Extension(
-        "ftcore._core",
-        ["ftcore/_core.pyx"],
+        name,
+        [source],
         libraries=["crypto"],
         define_macros=macros,
         extra_compile_args=cflags,
+    )
+    for name, source in (
+        ("ftcore._core", "ftcore/_core.pyx"),
+        ("ftcore._ingest", "ftcore/_ingest.pyx"),  # cimports _core's classes (_core.pxd)
     )
 ]
 

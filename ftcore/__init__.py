@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ftcore._core import DEBUG, Assembler, RangeSet, RollingSha256, SparseFile
+    from ftcore._ingest import SegmentPath
 
     IMPLEMENTATION: str
 elif os.environ.get("FTCORE_PURE", "") not in ("", "0"):
     from ftcore._pure import DEBUG, Assembler, RangeSet, RollingSha256, SparseFile
+    from ftcore._pure_ingest import SegmentPath
 
     IMPLEMENTATION = "python"
 else:
     try:
         from ftcore._core import DEBUG, Assembler, RangeSet, RollingSha256, SparseFile
+        from ftcore._ingest import SegmentPath
     except ImportError as exc:  # pragma: no cover - exercised only on broken installs
         raise ImportError(
             "ftcore's compiled extension is not built: install with `pip install .` "
@@ -29,4 +32,12 @@ else:
         ) from exc
     IMPLEMENTATION = "cython"
 
-__all__ = ["DEBUG", "IMPLEMENTATION", "Assembler", "RangeSet", "RollingSha256", "SparseFile"]
+__all__ = [
+    "DEBUG",
+    "IMPLEMENTATION",
+    "Assembler",
+    "RangeSet",
+    "RollingSha256",
+    "SegmentPath",
+    "SparseFile",
+]
