@@ -51,6 +51,7 @@ from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.http.openapi import OPENAPI
 from ftserver.meta import JsonValue
+from ftserver.storage import listing
 
 __all__ = ["API_BASE", "ApiContext", "ApiError", "build_app", "file_uri"]
 
@@ -348,7 +349,7 @@ async def _delete_transfer_files(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _transfer_item(t: disk.TransferEntry) -> dict[str, JsonValue]:
+def _transfer_item(t: listing.TransferEntry) -> dict[str, JsonValue]:
     return {
         "clientid": t.client_id,
         "fileid": t.file_id,
@@ -363,7 +364,7 @@ async def _list_transfers(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     limit = _limit(request)
     after = _following(request, "t", 3)
-    entries, more = await _run(request, _page, disk.iter_transfers(ctx.data_dir, after), limit)
+    entries, more = await _run(request, _page, listing.iter_transfers(ctx.data_dir, after), limit)
     body: dict[str, JsonValue] = {"transfers": [_transfer_item(t) for t in entries]}
     if more and entries:
         body["cursor"] = encode_cursor("t", entries[-1].key)

@@ -1,4 +1,5 @@
-"""What the HTTP API reads from the data directory: exports, in-progress transfers, files.
+"""What the HTTP API reads from the exports directory: exports and their files (the transfers
+in progress are :mod:`ftserver.storage.listing`'s).
 
 The API runs in the supervisor process while the MQTT workers write the disk, so nothing
 here shares memory with them: the directory tree is the only truth. Every function is
@@ -18,25 +19,19 @@ import contextlib
 import os
 import re
 import stat
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import ftcore
-from ftserver.errors import FtError
 from ftserver.export.layout import MANIFEST_SUFFIX, export_dir_parts, parse_manifest
-from ftserver.meta import JsonValue, parse_filemeta
+from ftserver.meta import JsonValue
 from ftserver.names import esc, unesc
-from ftserver.storage import journal as jr
 
 __all__ = [
     "ExportEntry",
-    "TransferEntry",
     "export_names",
     "exports_of_transfer",
     "iter_exports",
-    "iter_transfers",
     "resolve_fileref",
     "transfer_dir_key",
 ]
@@ -49,8 +44,6 @@ _EXPORT_LEVELS: tuple[re.Pattern[str] | None, ...] = (
     None,
     None,
 )
-#: the staging tree: bucket (2 hex digits), esc(clientId), esc(fileId)
-_STAGING_LEVELS: tuple[re.Pattern[str] | None, ...] = (re.compile(r"[0-9A-F]{2}\Z"), None, None)
 
 #: the exporter's temporary files, never exports (``.ftserver-<hex>.tmp`` / ``.part``)
 _TEMP_NAME = re.compile(r"\.ftserver-[0-9a-f]+\.(?:tmp|part)\Z")
@@ -243,92 +236,3 @@ def resolve_fileref(root: Path, fileref: str) -> Path | None:
     if not parts[-1].endswith(MANIFEST_SUFFIX) and not os.path.exists(target + MANIFEST_SUFFIX):
         return None
     return Path(real)
-
-
-# --------------------------------------------------------------------------------------------
-# in-progress transfers
-
-
-@dataclass(frozen=True, slots=True)
-class TransferEntry:
-    """An unfinished transfer, as its staging directory shows it."""
-
-    #: (bucket, esc(clientId), esc(fileId)): the path below ``staging/``, the sort key
-    key: Key
-    client_id: str
-    file_id: str
-    #: the file name from the init metadata; None before init
-    name: str | None
-    #: the size from the init metadata, if it gave one
-    expected_size: int | None
-    #: bytes of the file received so far (each byte counted once)
-    bytes_received: int
-    #: time of the last write (the journal's mtime), Unix seconds
-    last_activity: float
-
-
-def _assembler_ranges(state: bytes) -> ftcore.RangeSet:
-    """The RangeSet inside a serialised ``ftcore.Assembler`` state (a journal CHECKPOINT):
-    magic (4 bytes), bytes hashed (u64), hash state length (u32), hash state, ranges."""
-    _magic, _hashed, hash_len = struct.unpack_from("<4sQI", state, 0)
-    return ftcore.RangeSet.loads(state[16 + hash_len :])
-
-
-def _bytes_received(records: list[jr.Record]) -> int:
-    """Bytes covered by a journal's records, as recovery would count them (without
-    re-reading the data to check unflushed ranges)."""
-    exporting = [i for i, r in enumerate(records) if r.type is jr.Rec.EXPORTING]
-    exported_size = 0
-    if exporting:
-        exported_size = records[exporting[-1]].exporting()[0]
-        records = records[exporting[-1] + 1 :]
-    ranges: ftcore.RangeSet | None = None
-    checkpoint = next((r for r in reversed(records) if r.type is jr.Rec.CHECKPOINT), None)
-    if checkpoint is not None:
-        with contextlib.suppress(ValueError, struct.error):
-            ranges = _assembler_ranges(checkpoint.payload)
-    if ranges is None:
-        ranges = ftcore.RangeSet()
-        if exported_size > 0:
-            ranges.add(0, exported_size)
-    for offset, length, _digest in jr.iter_ranges(records):
-        if length > 0:
-            ranges.add(offset, offset + length)
-    return ranges.covered
-
-
-def _read_transfer(base: str, key: Key) -> TransferEntry | None:
-    d = os.path.join(base, *key)
-    journal = os.path.join(d, "journal")
-    try:
-        last_activity = os.stat(journal).st_mtime
-    except OSError:
-        return None  # not (or no longer) a transfer
-    name: str | None = None
-    size: int | None = None
-    with contextlib.suppress(OSError, FtError):
-        with open(os.path.join(d, "meta"), "rb") as f:
-            meta = parse_filemeta(f.read())
-        name, size = meta.name, meta.size
-    try:
-        records, _valid = jr.read_journal(Path(journal))
-        received = _bytes_received(records)
-    except (OSError, ValueError):
-        received = 0
-    try:
-        client_id, file_id = unesc(key[1]), unesc(key[2])
-    except ValueError:
-        return None  # not a directory ftserver made
-    return TransferEntry(key, client_id, file_id, name, size, received, last_activity)
-
-
-def iter_transfers(data_dir: Path, after: Key = ()) -> Iterator[TransferEntry]:
-    """Every unfinished transfer under ``<data_dir>/staging`` whose key sorts after
-    ``after``, in key order; lazy, like :func:`iter_exports`."""
-    base = os.path.join(data_dir, "staging")
-    for key, on_path in _walk(base, (), _STAGING_LEVELS, after, bool(after)):
-        if on_path and len(after) == len(key):
-            continue  # the cursor's own item
-        entry = _read_transfer(base, key)
-        if entry is not None:
-            yield entry
