@@ -99,10 +99,14 @@ def lock_dir(d: Path) -> int:
     """Lock a staging directory for this process; returns the descriptor holding the lock.
 
     Raises :class:`TransferBusy` when another process (or another descriptor of this one)
-    holds it, :class:`Gone` when the directory was removed by its previous holder (an export
-    or an abort finished meanwhile: look again), ``OSError`` when it cannot be opened.
+    holds it, :class:`Gone` when the directory is not there (any more: its previous holder
+    exported or aborted the transfer meanwhile; look again), ``OSError`` when it cannot be
+    opened.
     """
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Gone() from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.fstat(fd).st_nlink == 0:

@@ -48,9 +48,12 @@ def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
     os.close(staging.lock_dir(d))  # free again
 
 
-def test_lock_of_missing_directory_is_an_oserror(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_lock_of_missing_directory_is_gone(tmp_path: Path) -> None:
+    with pytest.raises(staging.Gone):
         staging.lock_dir(tmp_path / "nothing")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        staging.lock_dir(tmp_path / "file")
 
 
 def test_lock_dies_with_its_process(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 CID = "client-1"
 FID = "file-id-1"
-#: EMQX's published vector for client-1/file-id-1 (PROTOCOL.md §6)
+#: EMQX's published vector for client-1/file-id-1 (docs/protocol.md §6)
 CID_FID_BUCKETS = ("8E", "B5", "7023DA998C12F0B2A6CA586027E48BEC6271")
 DURABILITIES: list[Durability] = ["fast", "sync"]
 
@@ -117,7 +117,7 @@ def meta_of(**fields: Any) -> FileMeta:
 
 
 def emqx_buckets(cid: str, fid: str) -> tuple[str, str, str]:
-    """PROTOCOL.md §6: SHA-1 of 83 68 02, then 6D, u32 BE length, bytes for each id."""
+    """docs/protocol.md §6: SHA-1 of 83 68 02, then 6D, u32 BE length, bytes for each id."""
     h = hashlib.sha1(b"\x83\x68\x02")
     for part in (cid, fid):
         raw = part.encode()
@@ -1084,7 +1084,7 @@ def test_collect_garbage_counts_any_command_as_activity(data_dir: Path) -> None:
 
 # -- identifiers that are not path friendly ------------------------------------------------
 
-NASTY = [  # (clientId, fileId, esc(clientId), esc(fileId)) escaped by hand (PROTOCOL.md §6)
+NASTY = [  # (clientId, fileId, esc(clientId), esc(fileId)) escaped by hand (docs/protocol.md §6)
     ("a/b", "../../etc", "a%2Fb", "..%2F..%2Fetc"),
     ("..", ".", "%2E%2E", "%2E"),
     (".", "..", "%2E", "%2E%2E"),
@@ -1170,7 +1170,7 @@ def test_gc_finds_dot_named_transfers(data_dir: Path) -> None:
 
 
 def test_longest_name_exports_with_manifest(data_dir: Path) -> None:
-    name = "é" * 118 + "abcd"  # 240 bytes: the longest name PROTOCOL.md §3 allows
+    name = "é" * 118 + "abcd"  # 240 bytes: the longest name docs/protocol.md §3 allows
     assert len(name.encode()) == 240
     data = payload(100)
 
