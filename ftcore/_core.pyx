@@ -560,6 +560,19 @@ cdef class RollingSha256:
 # Transfer assembler
 # --------------------------------------------------------------------------------------------
 
+def _split_state(state):
+    """(hashed, hash state, ranges) of a saved Assembler state: the header is magic (4
+    bytes), bytes hashed (u64), hash state length (u32); the hash state and the serialised
+    RangeSet follow."""
+    view = memoryview(state).cast("B")
+    if len(view) < _AS_HEAD.size:
+        raise ValueError("not a serialised Assembler state")
+    magic, hashed, hlen = _AS_HEAD.unpack_from(view, 0)
+    if magic != _AS_MAGIC or len(view) < _AS_HEAD.size + hlen:
+        raise ValueError("not a serialised Assembler state")
+    return hashed, view[_AS_HEAD.size:_AS_HEAD.size + hlen], view[_AS_HEAD.size + hlen:]
+
+
 cdef class Assembler:
     """One file being assembled: sparse data file + range set + rolling SHA-256 of the prefix.
 
@@ -581,14 +594,9 @@ cdef class Assembler:
             self._load(state)
 
     def _load(self, state):
-        view = memoryview(state).cast("B")
-        if len(view) < _AS_HEAD.size:
-            raise ValueError("not a serialised Assembler state")
-        magic, hashed, hlen = _AS_HEAD.unpack_from(view, 0)
-        if magic != _AS_MAGIC or len(view) < _AS_HEAD.size + hlen:
-            raise ValueError("not a serialised Assembler state")
-        self._hash = RollingSha256.loads(bytes(view[_AS_HEAD.size:_AS_HEAD.size + hlen]))
-        self.ranges = RangeSet.loads(view[_AS_HEAD.size + hlen:])
+        hashed, hash_state, ranges = _split_state(state)
+        self._hash = RollingSha256.loads(bytes(hash_state))
+        self.ranges = RangeSet.loads(ranges)
         if self._hash._length() != hashed or hashed > self.ranges._prefix():
             raise ValueError("Assembler state inconsistent: hash beyond the contiguous prefix")
         self._hashed = hashed
@@ -597,6 +605,13 @@ cdef class Assembler:
         """The whole state (ranges and hash), for the journal; the data stays in the file."""
         h = self._hash.dumps()
         return _AS_HEAD.pack(_AS_MAGIC, self._hashed, len(h)) + h + self.ranges.dumps()
+
+    @staticmethod
+    def saved_ranges(state):
+        """The ranges a saved state (``dumps``) records, without opening its file: what a
+        reader of the journal needs to know which bytes were received. ValueError when
+        ``state`` is not one."""
+        return RangeSet.loads(_split_state(state)[2])
 
     cdef int _reset_hash(self) except -1:
         self._hash = RollingSha256()

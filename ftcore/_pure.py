@@ -349,6 +349,17 @@ class RollingSha256:
         return self
 
 
+def _split_state(state: Any) -> tuple[int, memoryview, memoryview]:
+    """(hashed, hash state, ranges) of a saved Assembler state (see ftcore._core)."""
+    view = _as_bytes(state)
+    if len(view) < _AS_HEAD.size:
+        raise ValueError("not a serialised Assembler state")
+    magic, hashed, hlen = _AS_HEAD.unpack_from(view, 0)
+    if magic != _AS_MAGIC or len(view) < _AS_HEAD.size + hlen:
+        raise ValueError("not a serialised Assembler state")
+    return hashed, view[_AS_HEAD.size : _AS_HEAD.size + hlen], view[_AS_HEAD.size + hlen :]
+
+
 class Assembler:
     """One file being assembled (see ftcore._core.Assembler for the invariants)."""
 
@@ -361,14 +372,9 @@ class Assembler:
             self._load(state)
 
     def _load(self, state: bytes | bytearray | memoryview) -> None:
-        view = _as_bytes(state)
-        if len(view) < _AS_HEAD.size:
-            raise ValueError("not a serialised Assembler state")
-        magic, hashed, hlen = _AS_HEAD.unpack_from(view, 0)
-        if magic != _AS_MAGIC or len(view) < _AS_HEAD.size + hlen:
-            raise ValueError("not a serialised Assembler state")
-        self._hash = RollingSha256.loads(bytes(view[_AS_HEAD.size : _AS_HEAD.size + hlen]))
-        self.ranges = RangeSet.loads(view[_AS_HEAD.size + hlen :])
+        hashed, hash_state, ranges = _split_state(state)
+        self._hash = RollingSha256.loads(bytes(hash_state))
+        self.ranges = RangeSet.loads(ranges)
         if self._hash.length != hashed or hashed > self.ranges.prefix:
             raise ValueError("Assembler state inconsistent: hash beyond the contiguous prefix")
         self._hashed = hashed
@@ -376,6 +382,11 @@ class Assembler:
     def dumps(self) -> bytes:
         h = self._hash.dumps()
         return _AS_HEAD.pack(_AS_MAGIC, self._hashed, len(h)) + h + self.ranges.dumps()
+
+    @staticmethod
+    def saved_ranges(state: Any) -> RangeSet:
+        """The ranges a saved state (``dumps``) records, without opening its file."""
+        return RangeSet.loads(_split_state(state)[2])
 
     def _reset_hash(self) -> None:
         self._hash = RollingSha256()

@@ -1,4 +1,4 @@
-"""Names on disk and in object storage, identical to EMQX's (docs/protocol.md §6).
+"""Names on disk and in object storage, identical to EMQX's (PROTOCOL.md §6).
 
 Everything here is pure: strings in, strings (or paths, or bytes) out, no IO. Existing EMQX
 tooling finds ftserver's exports only if these names match EMQX's byte for byte, so each
@@ -7,7 +7,6 @@ function states the exact rule it implements and the tests check EMQX's publishe
 - the escaping of a clientId or fileId into one path component is :mod:`ftserver.names`.
 - :func:`export_dir_parts` / :func:`export_relpath` give the local exporter's layout
   ``<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>``.
-- :func:`staging_relpath` gives ftserver's own staging directory for an unfinished transfer.
 - :func:`manifest_bytes` renders the ``<name>.MANIFEST.json`` sidecar.
 - :func:`s3_key` / :func:`s3_metadata` give the S3 exporter's object key and metadata.
 """
@@ -36,8 +35,6 @@ __all__ = [
     "parse_manifest",
     "s3_key",
     "s3_metadata",
-    "staging_bucket",
-    "staging_relpath",
 ]
 
 #: suffix of the sidecar holding an export's metadata (``<name>.MANIFEST.json``)
@@ -99,7 +96,7 @@ def export_relpath(client_id: str, file_id: str, name: str) -> PurePosixPath:
     """Path of an exported file relative to the exports root, EMQX's layout.
 
     ``<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>``; ``name`` is used as it is (the
-    protocol never rewrites it) and must already satisfy the name rules of docs/protocol.md §3.
+    protocol never rewrites it) and must already satisfy the name rules of PROTOCOL.md §3.
     """
     _check_name(name)
     b1, b2, b3 = export_dir_parts(client_id, file_id)
@@ -110,32 +107,6 @@ def manifest_relpath(client_id: str, file_id: str, name: str) -> PurePosixPath:
     """Path of the ``<name>.MANIFEST.json`` sidecar beside :func:`export_relpath`."""
     path = export_relpath(client_id, file_id, name)
     return path.with_name(path.name + MANIFEST_SUFFIX)
-
-
-def staging_bucket(client_id: str) -> str:
-    """The staging bucket of a client: the first two uppercase hex digits of SHA-1(clientId).
-
-    ftserver's own choice (the staging area is not shared with EMQX): keyed on the clientId
-    alone, so that all transfers of one client sit under one directory (cheap to list when a
-    session is taken over) while the ``staging/`` directory itself has at most 256 entries.
-    """
-    return (
-        hashlib.sha1(client_id.encode("utf-8", "surrogatepass"), usedforsecurity=False)
-        .hexdigest()[:2]
-        .upper()
-    )
-
-
-def staging_relpath(bucket: str, client_id: str, file_id: str) -> PurePosixPath:
-    """Directory of an unfinished transfer relative to the data directory.
-
-    ``staging/<bucket>/<esc(clientId)>/<esc(fileId)>`` (docs/architecture.md, "State on disk");
-    ``bucket`` is normally :func:`staging_bucket` of ``client_id``: it is taken as given (so
-    that a store can be migrated) but must be one plain path component.
-    """
-    if not bucket or bucket in (".", "..") or "/" in bucket or "\x00" in bucket:
-        raise ValueError(f"unsafe staging bucket: {bucket!r}")
-    return PurePosixPath("staging", bucket, esc(client_id), esc(file_id))
 
 
 def _dumps(obj: object, *, ascii_only: bool) -> str:

@@ -19,12 +19,11 @@ stays a valid position while items come and go.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import itertools
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ftserver.export.collector import delete_export
 from ftserver.export.layout import MANIFEST_SUFFIX, export_dir_parts, parse_manifest
 from ftserver.meta import JsonValue
 from ftserver.names import esc, unesc
+from ftserver.storage.walk import sorted_walk
 
 __all__ = [
     "ExportEntry",
@@ -94,54 +94,6 @@ def delete_transfer_exports(root: Path, client_id: str, file_id: str) -> int:
     many there were."""
     d = transfer_dir(root, client_id, file_id)
     return sum(delete_export(d, name, root) for name in export_names(str(d)))
-
-
-# --------------------------------------------------------------------------------------------
-# sorted walk
-
-
-def _sorted_subdirs(path: str, pattern: re.Pattern[str] | None) -> list[str]:
-    """Names of the subdirectories of ``path`` (symlinks not followed), sorted."""
-    names: list[str] = []
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if pattern is not None and not pattern.match(entry.name):
-                    continue
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
-                        names.append(entry.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    names.sort()
-    return names
-
-
-def _walk(
-    path: str,
-    prefix: Key,
-    levels: Sequence[re.Pattern[str] | None],
-    after: Key,
-    on_path: bool,
-) -> Iterator[tuple[Key, bool]]:
-    """Directories ``len(levels)`` below ``path`` in sorted order, with whether each one is
-    on the path of ``after`` (then its own contents must start after ``after``'s rest).
-
-    A directory whose key sorts before ``after``'s prefix of the same length is skipped
-    with its whole subtree.
-    """
-    names = _sorted_subdirs(path, levels[0])
-    depth = len(prefix)
-    lo = after[depth] if on_path and depth < len(after) else None
-    if lo is not None:
-        names = names[bisect.bisect_left(names, lo) :]
-    for name in names:
-        here = lo is not None and name == lo
-        key = (*prefix, name)
-        if len(levels) == 1:
-            yield key, here
-        else:
-            yield from _walk(os.path.join(path, name), key, levels[1:], after, here)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +161,7 @@ def iter_exports(root: Path, after: Key = ()) -> Iterator[ExportEntry]:
     Lazy: a caller that stops after ``limit`` items reads no more of the tree than that.
     """
     base = str(root)
-    for dir_key, on_path in _walk(base, (), _LEVELS, after, bool(after)):
+    for dir_key, on_path in sorted_walk(base, _LEVELS, after):
         names = export_names(os.path.join(base, *dir_key))
         if on_path and len(after) > len(dir_key):
             names = names[bisect.bisect_right(names, after[len(dir_key)]) :]

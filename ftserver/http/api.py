@@ -8,7 +8,7 @@ holds the OpenAPI document served at ``/api/v5/openapi.json``.
 The API shares nothing in memory with the MQTT workers. It finds exported files through the
 one :class:`~ftserver.export.base.Exporter` interface, whichever exporter ``export.kind``
 names (the local directory, or an S3 bucket whose files are served by redirects), and reads
-the unfinished transfers from the data directory (:mod:`ftserver.http.disk`); blocking reads
+the unfinished transfers from the data directory (:mod:`ftserver.storage.listing`); blocking reads
 run in thread pools of their own, so that a slow disk or a large listing never blocks an
 event loop nor the executor that exports run in.
 
@@ -44,10 +44,10 @@ from ftserver.config import Config
 from ftserver.errors import FtError
 from ftserver.export import make_exporter
 from ftserver.export.base import BackendError, ExportedFile, Exporter, Redirect
-from ftserver.http import disk
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.http.openapi import OPENAPI
 from ftserver.meta import JsonValue
+from ftserver.storage import listing
 
 __all__ = ["API_BASE", "ApiContext", "ApiError", "build_app", "file_uri"]
 
@@ -320,7 +320,7 @@ async def _delete_transfer_files(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _transfer_item(t: disk.TransferEntry) -> dict[str, JsonValue]:
+def _transfer_item(t: listing.TransferEntry) -> dict[str, JsonValue]:
     return {
         "clientid": t.client_id,
         "fileid": t.file_id,
@@ -335,7 +335,7 @@ async def _list_transfers(request: web.Request) -> web.Response:
     ctx = request.app[_CTX]
     limit = _limit(request)
     after = _following(request, "t", 3)
-    entries, more = await _run(request, _page, disk.iter_transfers(ctx.data_dir, after), limit)
+    entries, more = await _run(request, _page, listing.iter_transfers(ctx.data_dir, after), limit)
     body: dict[str, JsonValue] = {"transfers": [_transfer_item(t) for t in entries]}
     if more and entries:
         body["cursor"] = encode_cursor("t", entries[-1].key)

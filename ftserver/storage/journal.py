@@ -22,6 +22,10 @@ Record types:
   record): written (and synced) once the file is cut at ``size`` and flushed, before the
   exporter takes it; recovery then knows [0, size) is on disk, and asks the exporter whether
   the export completed.
+
+:func:`replay` is the one reader of a journal's meaning: recovery (which reopens the
+transfer) and the HTTP API's list of transfers in progress (which only reports it) both
+start from what it returns.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import ftcore
 
 HEADER = b"FTJ1\n"
 _HEAD = struct.Struct("<BI")
@@ -194,6 +200,21 @@ class Journal:
         if fd >= 0:
             os.close(fd)
 
+    def compact(self, state: bytes) -> None:
+        """Replace the journal by a ``CHECKPOINT`` of ``state`` (an ``ftcore.Assembler``
+        state whose data is flushed) and the range records that state does not cover (those
+        written while its flush ran): recovery then reads a short journal."""
+        self.write()
+        records, _valid = read_journal(self.path)
+        covered = ftcore.Assembler.saved_ranges(state)
+        keep = [checkpoint_record(state)]
+        keep += [
+            range_record(offset, length, digest)
+            for offset, length, digest in iter_ranges(records)
+            if not covered.contains(offset, offset + length)
+        ]
+        self.rewrite(keep)
+
     def rewrite(self, records: list[bytes]) -> None:
         """Replace the journal by ``records`` atomically (compaction after a checkpoint)."""
         self.write()
@@ -210,6 +231,68 @@ class Journal:
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self.size = len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What one transfer's journal says, for every reader of it.
+
+    The records before the last ``EXPORTING`` record are superseded by it: that export had
+    cut the file at its size and flushed it, so the ranges they name beyond the size are no
+    longer in the file and [0, size) is.
+    """
+
+    #: Unix time of the journal's last write: the transfer's last activity
+    last_activity: float
+    #: length of the journal's valid part; a torn tail beyond it is cut when it is reopened
+    valid_length: int = 0
+    #: the size an export cut the file at (an ``EXPORTING`` record); None when none started
+    exporting: int | None = None
+    #: the last saved ``ftcore.Assembler`` state that still counts (a ``CHECKPOINT``), if any
+    checkpoint: bytes | None = None
+    #: (offset, length, blake3-16 or None) of every range record that still counts, in order;
+    #: recovery re-checks those with a digest (written before their data was flushed)
+    ranges: tuple[tuple[int, int, bytes | None], ...] = ()
+    #: every byte the journal claims: the checkpoint's ranges (else the exported prefix) and
+    #: the range records, each byte counted once, unverified
+    received: ftcore.RangeSet = field(default_factory=ftcore.RangeSet)
+    #: why the journal could not be read (nothing else then counts); None when it could
+    damaged: str | None = None
+
+    @property
+    def bytes_received(self) -> int:
+        return self.received.covered
+
+
+def replay(path: Path) -> Replay:
+    """Read and interpret a journal. Raises ``FileNotFoundError`` when there is none (and
+    ``OSError`` when it cannot even be looked at); a journal that cannot be read or is not
+    one comes back with :attr:`Replay.damaged` set."""
+    last_activity = os.stat(path).st_mtime
+    try:
+        records, valid = read_journal(path)
+    except (OSError, ValueError) as exc:
+        return Replay(last_activity, damaged=str(exc) or type(exc).__name__)
+    exporting: int | None = None
+    for i in range(len(records) - 1, -1, -1):
+        if records[i].type is Rec.EXPORTING:
+            exporting = records[i].exporting()[0]
+            records = records[i + 1 :]
+            break
+    checkpoint = next((r.payload for r in reversed(records) if r.type is Rec.CHECKPOINT), None)
+    received: ftcore.RangeSet | None = None
+    if checkpoint is not None:
+        with contextlib.suppress(ValueError):
+            received = ftcore.Assembler.saved_ranges(checkpoint)
+    if received is None:
+        received = ftcore.RangeSet()
+        if exporting:
+            received.add(0, exporting)
+    ranges = tuple(iter_ranges(records))
+    for offset, length, _digest in ranges:
+        if length > 0:
+            received.add(offset, offset + length)
+    return Replay(last_activity, valid, exporting, checkpoint, ranges, received)
 
 
 def read_journal(path: Path) -> tuple[list[Record], int]:

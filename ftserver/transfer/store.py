@@ -1,10 +1,15 @@
-"""Transfers and the store of them: one file's state on disk and in memory (PROTOCOL.md §5).
+"""Transfers and the store of them: one file's state on disk and in memory (docs/protocol.md §5).
 
 A transfer is the pair (clientId, fileId). Its state lives in its staging directory
-(ARCHITECTURE.md, "State on disk"): ``meta`` (the init metadata), ``data`` (the sparse file),
-``journal`` (what ``data`` holds, hash checkpoints, export state). The store opens a transfer
-lazily, the first time a command names it, recovering it from the journal; so a disconnect,
-a reconnect to another worker and a restart after ``kill -9`` are one mechanism.
+(:mod:`ftserver.storage`: the layout, the journal, recovery, the collector); this module is
+the policy on top: which transfers are open in this process, what each command does to them,
+when they are checkpointed, closed, expired and handed to the exporter. The store opens a
+transfer lazily, the first time a command names it, recovering it from its journal; so a
+disconnect, a reconnect to another worker and a restart after ``kill -9`` are one mechanism.
+
+Recovery can read up to the whole data file, so it runs in an executor thread: the command
+that needs it gets ``TransferBusy(ready=<that recovery>)`` and the dispatcher runs it again
+once the transfer is installed (or tells it the recovery's error).
 
 The store raises ``FtError`` subclasses; turning them into reason codes is the dispatcher's
 business. Blocking work that can grow with the file (flushes, exports, re-reads) runs in an
@@ -16,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import functools
 import logging
 import os
-import shutil
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import blake3
 
@@ -38,13 +41,14 @@ from ftserver.errors import (
     StorageError,
     TooManyTransfers,
     TransferBusy,
+    storage_errors,
 )
 from ftserver.export.base import Exporter, ExportInfo
-from ftserver.export.layout import staging_bucket
 from ftserver.export.local import LocalExporter
-from ftserver.meta import FileMeta, parse_filemeta
-from ftserver.names import esc
+from ftserver.meta import FileMeta
+from ftserver.storage import gc, staging
 from ftserver.storage import journal as jr
+from ftserver.storage.recovery import reopen
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,6 @@ Durability = Literal["fast", "sync"]
 MAX_MISSING = 16
 #: a journal larger than this is compacted at its next checkpoint
 COMPACT_JOURNAL_BYTES = 4 << 20
-#: bytes read per chunk when recovery re-checks unflushed ranges
-VERIFY_CHUNK = 1 << 20
 #: how many finished exports are remembered in memory (the disk is the truth)
 EXPORT_CACHE = 4096
 
@@ -114,7 +116,7 @@ class Transfer:
 
     @property
     def data_path(self) -> Path:
-        return self.dir / "data"
+        return self.dir / staging.DATA
 
     def close(self, *, unlock: bool = True) -> None:
         with contextlib.suppress(OSError):
@@ -145,27 +147,6 @@ class StoreHooks:
         """A file was exported."""
 
 
-class _Gone(Exception):
-    """The staging directory was removed while we waited for its lock."""
-
-
-def lock_dir(d: Path) -> int:
-    """Lock a staging directory for this process (flock, released when the fd closes, also
-    when the process dies). Raises TransferBusy or _Gone."""
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 0:
-            raise _Gone()
-    except BlockingIOError:
-        os.close(fd)
-        raise TransferBusy() from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 class TransferStore:
     """Every transfer of this process, keyed by (clientId, fileId)."""
 
@@ -182,7 +163,7 @@ class TransferStore:
         hooks: StoreHooks | None = None,
         max_transfers_per_client: int = 0,
     ) -> None:
-        self.staging = data_dir / "staging"
+        self.staging = staging.staging_root(data_dir)
         self.staging.mkdir(parents=True, exist_ok=True)
         self.exporter: Exporter = exporter or LocalExporter(data_dir / "exports")
         self.exporter.root.mkdir(parents=True, exist_ok=True)
@@ -198,18 +179,37 @@ class TransferStore:
         self._exports: dict[Key, asyncio.Future[ExportInfo]] = {}
         self._dirty: dict[Key, Transfer] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        #: recoveries running in a thread (and failed ones, until a command hears of it)
+        self._recovering: dict[Key, asyncio.Future[Recovered]] = {}
+        #: transfers whose client moved to another worker while they were being recovered
+        self._release_on_recovery: set[Key] = set()
 
     # -- lookup ------------------------------------------------------------------------------
 
     def staging_dir(self, client_id: str, file_id: str) -> Path:
-        return self.staging / staging_bucket(client_id) / esc(client_id) / esc(file_id)
+        return staging.transfer_dir(self.staging, client_id, file_id)
 
     def get(self, client_id: str, file_id: str) -> Transfer | ExportInfo | None:
-        """The open transfer, its finished export, or None when nothing is known of it."""
+        """The open transfer, its finished export, or None when nothing is known of it.
+
+        Raises ``TransferBusy`` when the transfer is open in another process, or staged on
+        disk and not open here: then its recovery starts in a thread, ``ready`` is that
+        recovery, and the command is to be run again once it is done. The command that runs
+        first after a failed recovery gets its error.
+        """
         key = (client_id, file_id)
         t = self._open.get(key)
         if t is not None:
             return t
+        recovering = self._recovering.get(key)
+        if recovering is not None:
+            if not recovering.done():
+                raise TransferBusy(ready=recovering)
+            del self._recovering[key]  # a failed one (a successful one installed itself)
+            if not recovering.cancelled():
+                exc = recovering.exception()
+                if exc is not None:
+                    raise exc
         info = self._exported.get(key)
         if info is not None:
             if info.path.exists():
@@ -219,9 +219,12 @@ class TransferStore:
         d = self.staging_dir(client_id, file_id)
         if d.is_dir():
             try:
-                return self._recover(client_id, file_id, d)
-            except _Gone:
+                with storage_errors():
+                    lock = staging.lock_dir(d)
+            except staging.Gone:
                 pass  # exported or aborted by the process that had it: look again
+            else:
+                raise TransferBusy(ready=self._start_recovery(key, d, lock))
         info = self.exporter.lookup(client_id, file_id)
         if info is not None:
             self._remember_export(info)
@@ -235,150 +238,47 @@ class TransferStore:
             self._exported.popitem(last=False)
 
     def _create(self, client_id: str, file_id: str) -> Transfer:
-        d = self.staging_dir(client_id, file_id)
         limit = self.max_transfers_per_client
-        if limit:
-            try:
-                staged = len(os.listdir(d.parent))
-            except FileNotFoundError:
-                staged = 0
-            if staged >= limit:
-                raise TooManyTransfers()
-        try:
-            for _attempt in range(3):
-                d.mkdir(parents=True, exist_ok=True)
-                try:
-                    lock = lock_dir(d)
-                except _Gone:
-                    continue  # removed between mkdir and lock: make it again
-                break
-            else:
-                raise TransferBusy()
-            try:
-                asm = ftcore.Assembler(d / "data")
-                try:
-                    journal = jr.Journal(d / "journal")
-                except BaseException:
-                    asm.close()
-                    raise
-            except BaseException:
-                os.close(lock)
-                raise
-            if self.durability == "sync":
-                journal.sync()
-                for p in (d, d.parent, d.parent.parent):
-                    jr.fsync_dir(p)
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
+        if limit and staging.staged_count(self.staging, client_id) >= limit:
+            raise TooManyTransfers()
+        d = self.staging_dir(client_id, file_id)
+        lock, asm, journal = staging.create(d, sync=self.durability == "sync")
         t = Transfer(client_id, file_id, d, asm, journal, None, lock)
         self._open[t.key] = t
         return t
 
-    def _recover(self, client_id: str, file_id: str, d: Path) -> Transfer | ExportInfo | None:
-        """Open a transfer from its staging directory (after a restart, handover or close)."""
-        lock = lock_dir(d)
-        try:
-            result = self._recover_locked(client_id, file_id, d, lock)
-        except BaseException:
-            os.close(lock)
-            raise
-        if not isinstance(result, Transfer):
-            os.close(lock)
-        return result
+    # -- recovery ----------------------------------------------------------------------------
 
-    def _recover_locked(
-        self, client_id: str, file_id: str, d: Path, lock: int
-    ) -> Transfer | ExportInfo | None:
-        try:
-            records, valid = jr.read_journal(d / "journal")
-        except FileNotFoundError:
-            records, valid = [], 0
-        except (OSError, ValueError) as exc:
-            log.error(
-                "transfer %r/%r: unreadable journal (%s): starting it over", client_id, file_id, exc
-            )
-            shutil.rmtree(d, ignore_errors=True)
-            return None
-        meta: FileMeta | None = None
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                meta = parse_filemeta((d / "meta").read_bytes())
-            except FtError:
-                log.error("transfer %r/%r: unreadable meta file, ignoring it", client_id, file_id)
-        exporting = [i for i, r in enumerate(records) if r.type is jr.Rec.EXPORTING]
-        if exporting:
-            done = self.exporter.lookup(client_id, file_id)
-            if done is not None:  # exported; only the staging clean-up was cut short
-                shutil.rmtree(d, ignore_errors=True)
-                self._remember_export(done)
-                return done
-        if exporting and not (d / "data").exists() and meta is not None:
-            return self._finish_interrupted_export(client_id, file_id, d, meta)
-        exported_size = 0
-        if exporting:
-            # The export had cut the file at its size and flushed [0, size) before it wrote
-            # this record (and did not finish): the records before it are superseded, and
-            # the ranges they name beyond the size are no longer in the file.
-            exported_size = records[exporting[-1]].exporting()[0]
-            records = records[exporting[-1] + 1 :]
-        checkpoint = next((r for r in reversed(records) if r.type is jr.Rec.CHECKPOINT), None)
-        try:
-            asm = ftcore.Assembler(d / "data", checkpoint.payload if checkpoint else None)
-        except ValueError as exc:
-            log.error("transfer %r/%r: bad checkpoint (%s), re-reading", client_id, file_id, exc)
-            asm = ftcore.Assembler(d / "data")
-            checkpoint = None
-        dropped = 0
-        try:
-            if checkpoint is None and 0 < exported_size <= asm.file.size():
-                asm.mark(0, exported_size)
-            for offset, length, digest in jr.iter_ranges(records):
-                if asm.ranges.contains(offset, offset + length):
-                    continue
-                if digest is not None and not self._verify(asm, offset, length, digest):
-                    dropped += 1
-                    continue
-                asm.mark(offset, length)
-            journal = jr.Journal(d / "journal", valid_length=valid)
-        except OSError as exc:
-            asm.close()
-            raise StorageError.from_oserror(exc) from exc
-        if dropped:
-            log.warning(
-                "transfer %r/%r: %d unflushed range(s) did not survive; the client "
-                "will resend them",
-                client_id,
-                file_id,
-                dropped,
-            )
-        t = Transfer(client_id, file_id, d, asm, journal, meta, lock)
-        with contextlib.suppress(OSError):
-            t.last_activity = os.stat(d / "journal").st_mtime
-        self._open[t.key] = t
-        return t
+    def _start_recovery(self, key: Key, d: Path, lock: int) -> asyncio.Future[Recovered]:
+        """Recover the transfer staged in ``d`` (locked by ``lock``) in an executor thread;
+        the future completes once the result is installed here."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, _recover, self.exporter, key, d, lock)
+        self._recovering[key] = fut
+        # added first, so it runs before any waiter wakes up: they find the result installed
+        fut.add_done_callback(functools.partial(self._recovered, key))
+        return fut
 
-    @staticmethod
-    def _verify(asm: ftcore.Assembler, offset: int, length: int, digest: bytes) -> bool:
-        h = blake3.blake3()
-        pos, end = offset, offset + length
-        while pos < end:
-            chunk = asm.file.read(pos, min(VERIFY_CHUNK, end - pos))
-            if not chunk:
-                return False
-            h.update(chunk)
-            pos += len(chunk)
-        return bool(h.digest(length=16) == digest)
-
-    def _finish_interrupted_export(
-        self, client_id: str, file_id: str, d: Path, meta: FileMeta
-    ) -> ExportInfo | None:
-        info = self.exporter.finish_interrupted(client_id, file_id, meta)
-        if info is None:
-            log.error("transfer %r/%r: export interrupted and its file is gone", client_id, file_id)
-        shutil.rmtree(d, ignore_errors=True)
-        if info is not None:
-            self._remember_export(info)
-        return info
+    def _recovered(self, key: Key, fut: asyncio.Future[Recovered]) -> None:
+        """Install a recovery's result (on the event loop, which alone touches the store)."""
+        release = key in self._release_on_recovery
+        self._release_on_recovery.discard(key)
+        if fut.cancelled():
+            self._recovering.pop(key, None)
+            return
+        if fut.exception() is not None:
+            return  # kept in _recovering for the next command of this transfer
+        self._recovering.pop(key, None)
+        result = fut.result()
+        if isinstance(result, Transfer):
+            # a command asked for it: that is activity, and neither close_idle nor the
+            # collector may take it back before that command runs again
+            result.last_activity = time.time()
+            self._open[key] = result
+            if release:
+                self._close_one(result)  # its client lives in another worker now
+        elif isinstance(result, ExportInfo):
+            self._remember_export(result)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -398,25 +298,9 @@ class TransferStore:
             if t.meta != meta:
                 raise FileMetaConflict()
             return
-        try:
-            self._write_meta(t.dir, meta)
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
+        staging.write_meta(t.dir, meta, sync=self.durability == "sync")
         t.meta = meta
         self.hooks.started()
-
-    def _write_meta(self, d: Path, meta: FileMeta) -> None:
-        tmp = d / "meta.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, meta.to_json_bytes())
-            if self.durability == "sync":
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, d / "meta")
-        if self.durability == "sync":
-            jr.fsync_dir(d)
 
     def segment(self, client_id: str, file_id: str, offset: int, data: memoryview) -> None:
         """Store a segment. The journal record is buffered: call :meth:`commit` before the
@@ -431,7 +315,7 @@ class TransferStore:
             return
         try:
             t.asm.place(offset, data)
-        except OSError as exc:
+        except OSError as exc:  # storage_errors() costs ~1 µs per segment: same rule, inline
             raise StorageError.from_oserror(exc) from exc
         if self.durability == "fast":
             t.journal.add(jr.range_record(offset, n, _blake3_16(data)))
@@ -460,7 +344,7 @@ class TransferStore:
         self._dirty.pop(t.key, None)
         t.journal.take()
         t.close(unlock=False)
-        shutil.rmtree(t.dir, ignore_errors=True)
+        staging.remove(t.dir)
         t.unlock()  # only now: nobody may lock a directory that is being removed
 
     def fin_prepare(
@@ -518,26 +402,22 @@ class TransferStore:
         loop = asyncio.get_running_loop()
         if t._checkpointing is not None:
             await asyncio.shield(t._checkpointing)
-        try:
+        with storage_errors():
             if self.durability == "sync" and t.journal.dirty:
                 # segments not group-committed yet: their records claim flushed data
                 await loop.run_in_executor(None, t.asm.flush)
-            self._commit_one(t)
+            t.journal.write()
             digest = await loop.run_in_executor(None, t.asm.digest, size)
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
         want = checksum if checksum is not None else meta.checksum_bytes
         if want is not None and want != digest:
             raise ChecksumMismatch()
         hexdigest = digest.hex().upper()
-        try:
+        with storage_errors():
             started = time.perf_counter()
             await loop.run_in_executor(None, self._prepare_export, t, size)
             info = await self.exporter.export(t.client_id, t.file_id, meta, t.data_path, hexdigest)
             await loop.run_in_executor(None, self._remove_staging, t)
             self.hooks.exported(info, time.perf_counter() - started)
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         self._remember_export(info)
@@ -557,7 +437,7 @@ class TransferStore:
     def _remove_staging(t: Transfer) -> None:
         t.asm.close()
         t.journal.close()
-        shutil.rmtree(t.dir, ignore_errors=True)
+        staging.remove(t.dir)
         t.unlock()  # only now: nobody may lock a directory that is being removed
 
     # -- durability --------------------------------------------------------------------------
@@ -567,15 +447,9 @@ class TransferStore:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, {}
-        for t in dirty.values():
-            self._commit_one(t)
-
-    @staticmethod
-    def _commit_one(t: Transfer) -> None:
-        try:
-            t.journal.write()
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
+        with storage_errors():
+            for t in dirty.values():
+                t.journal.write()
 
     async def commit_sync(self) -> None:
         """Group commit (sync durability): flush the data, then the journal records."""
@@ -594,10 +468,8 @@ class TransferStore:
                 t.journal.write_records(records)
                 t.journal.sync()
 
-        try:
+        with storage_errors():
             await asyncio.get_running_loop().run_in_executor(None, work)
-        except OSError as exc:
-            raise StorageError.from_oserror(exc) from exc
 
     @property
     def needs_commit(self) -> bool:
@@ -615,19 +487,10 @@ class TransferStore:
             await loop.run_in_executor(None, t.asm.flush)
             if t.asm.file.closed:
                 return
-            rec = jr.checkpoint_record(state)
             if t.journal.size > COMPACT_JOURNAL_BYTES:
-                t.journal.write()
-                records, _ = jr.read_journal(t.journal.path)
-                ranges = ftcore.RangeSet.loads(_ranges_of(state))
-                keep = [rec] + [
-                    jr.range_record(o, n, d)
-                    for o, n, d in jr.iter_ranges(records)
-                    if not ranges.contains(o, o + n)
-                ]
-                t.journal.rewrite(keep)
+                t.journal.compact(state)
             else:
-                t.journal.add(rec)
+                t.journal.add(jr.checkpoint_record(state))
                 t.journal.write()
         except OSError as exc:
             log.error("checkpoint of %r/%r failed: %s", t.client_id, t.file_id, exc)
@@ -670,6 +533,9 @@ class TransferStore:
         """Close every open transfer of a client that moved to another worker process, so that
         it can open them there; an export in progress finishes here first. Returns how many
         were closed now."""
+        for key, recovering in self._recovering.items():
+            if key[0] == client_id and not recovering.done():
+                self._release_on_recovery.add(key)
         mine = [t for t in self._open.values() if t.client_id == client_id]
         closed = 0
         for t in mine:
@@ -702,31 +568,13 @@ class TransferStore:
                 self._discard(t)
                 removed += 1
         open_dirs = {t.dir for t in self._open.values()}
-        for journal in self.staging.glob("*/*/*/journal"):
-            d = journal.parent
-            if d in open_dirs:
-                continue
-            try:
-                last = journal.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            meta = None
-            with contextlib.suppress(OSError, FtError):
-                meta = parse_filemeta((d / "meta").read_bytes())
-            if now - last > self.ttl_of(meta):
-                try:
-                    lock = lock_dir(d)
-                except (TransferBusy, _Gone, OSError):
-                    continue  # open in another worker (it collects its own) or gone already
-                try:
-                    shutil.rmtree(d, ignore_errors=True)
-                finally:
-                    os.close(lock)
-                removed += 1
-        return removed
+        return removed + gc.collect_expired(self.staging, now, self.ttl_of, skip=open_dirs)
 
     async def close(self) -> None:
         """Persist everything (flush + checkpoint) and close every open transfer."""
+        if self._recovering:
+            await asyncio.gather(*self._recovering.values(), return_exceptions=True)
+            self._recovering.clear()
         if self._exports:
             await asyncio.gather(*self._exports.values(), return_exceptions=True)
         if self._tasks:
@@ -738,10 +586,56 @@ class TransferStore:
         return list(self._open.values())
 
 
-def _ranges_of(state: bytes) -> bytes:
-    """The serialised RangeSet inside a serialised Assembler state."""
-    _magic, _hashed, hlen = struct.unpack_from("<4sQI", state, 0)
-    return state[16 + hlen :]
+#: what recovering a staged transfer gives: the transfer reopened, its export (finished
+#: before the process that had it stopped), or None (nothing left to recover)
+Recovered: TypeAlias = Transfer | ExportInfo | None
+
+
+def _recover(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
+    """Recover the transfer staged in ``d``, which ``lock`` holds. Runs in an executor thread:
+    it reads and writes only that directory and the exporter's records on disk, and builds
+    the :class:`Transfer` without installing it (the event loop does). The transfer keeps
+    the lock; otherwise it is released here, after the directory was removed if it was."""
+    try:
+        result = _recover_locked(exporter, key, d, lock)
+    except BaseException:
+        os.close(lock)
+        raise
+    if not isinstance(result, Transfer):
+        os.close(lock)
+    return result
+
+
+def _recover_locked(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
+    client_id, file_id = key
+    what = f"{client_id!r}/{file_id!r}"
+    with storage_errors():
+        try:
+            replay = jr.replay(d / staging.JOURNAL)
+        except FileNotFoundError:  # cut short between mkdir and its journal
+            replay = jr.Replay(last_activity=time.time())
+        if replay.damaged is not None:
+            log.error("transfer %s: unreadable journal (%s): starting over", what, replay.damaged)
+            staging.remove(d)
+            return None
+        meta: FileMeta | None = None
+        try:
+            meta = staging.read_meta(d)
+        except FtError:
+            log.error("transfer %s: unreadable meta file, ignoring it", what)
+        if replay.exporting is not None:
+            done = exporter.lookup(client_id, file_id)
+            if done is not None:  # exported; only the staging clean-up was cut short
+                staging.remove(d)
+                return done
+            if meta is not None and not (d / staging.DATA).exists():
+                info = exporter.finish_interrupted(client_id, file_id, meta)
+                if info is None:
+                    log.error("transfer %s: export interrupted and its file is gone", what)
+                staging.remove(d)
+                return info
+    asm, journal = reopen(d, replay, what)
+    return Transfer(client_id, file_id, d, asm, journal, meta, lock)
 
 
 __all__ = ["Durability", "ExportInfo", "Transfer", "TransferStore"]

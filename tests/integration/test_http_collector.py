@@ -15,11 +15,12 @@ from test_http_api import key_of, make_export, transfer_dir
 import ftcore
 from ftserver.export import tree
 from ftserver.export.collector import collect_expired_exports, delete_export
-from ftserver.export.layout import MANIFEST_SUFFIX, staging_bucket
-from ftserver.http import disk
+from ftserver.export.layout import MANIFEST_SUFFIX
 from ftserver.http.cursor import CursorError, decode_cursor, encode_cursor
 from ftserver.names import esc, unesc
 from ftserver.storage import journal as jr
+from ftserver.storage import listing
+from ftserver.storage.staging import staging_bucket
 
 NOW = 1_800_000_000
 
@@ -207,7 +208,7 @@ def test_transfer_bytes_received_from_checkpoint_and_ranges(tmp_path: Path) -> N
     ]
     (d / "journal").write_bytes(jr.HEADER + b"".join(records) + b"\x03torn")
     os.utime(d / "journal", (NOW, NOW))
-    [t] = list(disk.iter_transfers(tmp_path))
+    [t] = list(listing.iter_transfers(tmp_path))
     assert (t.client_id, t.file_id, t.name, t.expected_size) == ("dev/1", "f", "n.bin", 100_000)
     assert t.bytes_received == 4000 + 1000 + 1000 + 10
     assert t.last_activity == NOW
@@ -220,9 +221,9 @@ def test_transfer_exporting_and_bare(tmp_path: Path) -> None:
     bare = _staging(tmp_path, "c", "bare")
     (bare / "journal").write_bytes(jr.HEADER)
     _staging(tmp_path, "c", "nojournal")  # not (yet) a transfer
-    got = {t.file_id: t for t in disk.iter_transfers(tmp_path)}
+    got = {t.file_id: t for t in listing.iter_transfers(tmp_path)}
     assert set(got) == {"exporting", "bare"}
     assert got["exporting"].bytes_received == 700
     assert got["bare"].bytes_received == 0 and got["bare"].name is None
     keys = sorted(t.key for t in got.values())
-    assert [t.key for t in disk.iter_transfers(tmp_path, keys[0])] == keys[1:]
+    assert [t.key for t in listing.iter_transfers(tmp_path, keys[0])] == keys[1:]

@@ -101,6 +101,36 @@ def test_state_rejects_inconsistency(impl: types.ModuleType, tmp_path: Path) -> 
             impl.Assembler(tmp_path / "data", bad)
 
 
+def test_saved_ranges_without_a_file(impl: types.ModuleType, tmp_path: Path) -> None:
+    """A journal reader gets the ranges of a saved state from either flavour, without the
+    data file (which it must not open) and without trusting a damaged state."""
+    with impl.Assembler(tmp_path / "data") as a:
+        a.place(150, b"b" * 50)
+        a.place(0, b"a" * 100)
+        a.place(1000, b"c" * 24)
+        state = a.dumps()
+    os.unlink(tmp_path / "data")
+    for reader in KERNELS.values():
+        got = reader.Assembler.saved_ranges(state)
+        assert list(got) == [(0, 100), (150, 200), (1000, 1024)]
+        assert got.covered == 174
+        assert list(reader.Assembler.saved_ranges(memoryview(bytearray(state)))) == list(got)
+    assert not (tmp_path / "data").exists()
+    with impl.Assembler(tmp_path / "empty") as e:
+        assert list(impl.Assembler.saved_ranges(e.dumps())) == []
+    hlen = int.from_bytes(state[12:16], "little")
+    for bad in (
+        b"",
+        state[:10],  # a header cut short
+        b"XXXX" + state[4:],  # another magic
+        state[: 16 + hlen - 1],  # the hash state cut short
+        state[:-1],  # the ranges cut short
+        state[: 16 + hlen] + b"FTR1" + bytes(8) + b"x",  # ranges with trailing garbage
+    ):
+        with pytest.raises(ValueError):
+            impl.Assembler.saved_ranges(bad)
+
+
 def test_file_shorter_than_ranges_is_an_error(impl: types.ModuleType, tmp_path: Path) -> None:
     a = impl.Assembler(tmp_path / "data")
     a.place(100, b"y" * 100)

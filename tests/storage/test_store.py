@@ -39,11 +39,13 @@ from ftserver.transfer.store import (
     TransferStore,
 )
 
+from .retry import settle
+
 T = TypeVar("T")
 
 CID = "client-1"
 FID = "file-id-1"
-#: EMQX's published vector for client-1/file-id-1 (PROTOCOL.md §6)
+#: EMQX's published vector for client-1/file-id-1 (docs/protocol.md §6)
 CID_FID_BUCKETS = ("8E", "B5", "7023DA998C12F0B2A6CA586027E48BEC6271")
 DURABILITIES: list[Durability] = ["fast", "sync"]
 
@@ -115,7 +117,7 @@ def meta_of(**fields: Any) -> FileMeta:
 
 
 def emqx_buckets(cid: str, fid: str) -> tuple[str, str, str]:
-    """PROTOCOL.md §6: SHA-1 of 83 68 02, then 6D, u32 BE length, bytes for each id."""
+    """docs/protocol.md §6: SHA-1 of 83 68 02, then 6D, u32 BE length, bytes for each id."""
     h = hashlib.sha1(b"\x83\x68\x02")
     for part in (cid, fid):
         raw = part.encode()
@@ -149,7 +151,7 @@ async def commit(store: TransferStore) -> None:
 async def fin(
     store: TransferStore, size: int, checksum: bytes | None, cid: str = CID, fid: str = FID
 ) -> ExportInfo:
-    got = store.fin_prepare(cid, fid, size, checksum)
+    got = await settle(lambda: store.fin_prepare(cid, fid, size, checksum))
     if isinstance(got, ExportInfo):
         return got
     return await store.fin_export(got, size, checksum)
@@ -177,8 +179,8 @@ def crash(store: TransferStore) -> None:
         t.unlock()  # the kernel drops a dead process's locks
 
 
-def open_transfer(store: TransferStore, cid: str = CID, fid: str = FID) -> Transfer:
-    got = store.get(cid, fid)
+async def open_transfer(store: TransferStore, cid: str = CID, fid: str = FID) -> Transfer:
+    got = await settle(lambda: store.get(cid, fid))
     assert isinstance(got, Transfer)
     return got
 
@@ -288,7 +290,7 @@ def test_any_order_upload_exports_identical_file(data_dir: Path, durability: Dur
         for off, n in [(4000, 1500), (2500, 1500), (6500, 3500), (6500, 3500)]:
             send(s, data, off, n)
         await commit(s)
-        t = open_transfer(s)
+        t = await open_transfer(s)
         assert list(t.asm.ranges) == [(0, 10_000)]
         info = await fin(s, len(data), sha(data))
         path = check_export(data_dir, data, meta)
@@ -376,7 +378,7 @@ def test_fin_with_gaps_reports_first_sixteen(data_dir: Path) -> None:
         with pytest.raises(Incomplete) as exc:
             s.fin_prepare(CID, FID, 90, None)
         assert exc.value.extra == {"missing": [[80, 90]]}
-        assert s.fin_prepare(CID, FID, 80, None) is open_transfer(s)
+        assert s.fin_prepare(CID, FID, 80, None) is await open_transfer(s)
         await s.close()
 
     run(main())
@@ -399,7 +401,7 @@ def test_wrong_fin_checksum_keeps_transfer_usable(data_dir: Path) -> None:
         assert not (data_dir / "exports").joinpath(*emqx_buckets(CID, FID)).exists()
         stage = staging_dir(data_dir, CID, CID, FID)
         assert (stage / "data").read_bytes() == data
-        assert open_transfer(s) is t
+        assert await open_transfer(s) is t
         await fin(s, 5000, sha(data))  # the corrected fin
         check_export(data_dir, data, {"name": "f"})
         await s.close()
@@ -658,7 +660,7 @@ def test_restart_resumes_acknowledged_ranges(
         crash(s1)
 
         s2 = TransferStore(data_dir, durability=durability)
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert t.meta == meta_of(**meta)
         assert list(t.asm.ranges) == [(0, prefix), (prefix + hole, len(data))]
         assert t.asm.hashed == prefix  # from the checkpoint: nothing was read again
@@ -686,7 +688,7 @@ def test_restart_without_checkpoint(data_dir: Path, durability: Durability) -> N
         await commit(s1)
         crash(s1)
         s2 = TransferStore(data_dir, durability=durability)
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert list(t.asm.ranges) == [(0, 5000), (10_000, 15_000), (20_000, 25_000)]
         for off in (5000, 15_000, 25_000):
             send(s2, data, off, 5000)
@@ -722,7 +724,7 @@ def test_fast_power_loss_drops_unflushed_ranges(data_dir: Path) -> None:
         os.truncate(stage / "data", p + 3 * seg + 2000)
 
         s2 = TransferStore(data_dir, durability="fast")
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert list(t.asm.ranges) == [(0, p + seg), (p + 2 * seg, p + 3 * seg)]
         with pytest.raises(Incomplete) as exc:
             s2.fin_prepare(CID, FID, len(data), None)
@@ -753,7 +755,7 @@ def test_checkpointed_ranges_are_not_verified_again(data_dir: Path) -> None:
         stage = staging_dir(data_dir, CID, CID, FID)
         os.truncate(stage / "data", 0)  # were the checkpointed ranges read, they would fail
         s2 = TransferStore(data_dir, durability="fast")
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert list(t.asm.ranges) == [(0, p)]
         assert t.asm.hashed == p
         t.asm.file.write(0, data[:p])  # put the bytes back for the export
@@ -780,12 +782,12 @@ def test_torn_journal_tail_after_crash(data_dir: Path, durability: Durability) -
         # a record the crash cut short
         overwrite(journal, os.stat(journal).st_size, jr.range_record(3000, 3000, b"x" * 16)[:-5])
         s2 = TransferStore(data_dir, durability=durability)
-        assert list(open_transfer(s2).asm.ranges) == [(0, 3000)]
+        assert list((await open_transfer(s2)).asm.ranges) == [(0, 3000)]
         send(s2, data, 3000, 3000)
         await commit(s2)
         crash(s2)
         s3 = TransferStore(data_dir, durability=durability)
-        assert list(open_transfer(s3).asm.ranges) == [(0, 6000)]
+        assert list((await open_transfer(s3)).asm.ranges) == [(0, 6000)]
         send(s3, data, 6000, 3000)
         await commit(s3)
         await fin(s3, 9000, sha(data))
@@ -805,7 +807,7 @@ def test_unreadable_journal_starts_transfer_over(data_dir: Path) -> None:
         stage = staging_dir(data_dir, CID, CID, FID)
         (stage / "journal").write_bytes(b"not a journal")
         s2 = TransferStore(data_dir)
-        assert s2.get(CID, FID) is None
+        assert await settle(lambda: s2.get(CID, FID)) is None
         assert not stage.exists()
         send(s2, b"xyz", 0, 3)
         s2.commit()
@@ -841,7 +843,7 @@ def test_background_checkpoint(data_dir: Path) -> None:
         assert int.from_bytes(state[4:12], "little") == 2000  # hashed prefix
         hlen = int.from_bytes(state[12:16], "little")
         assert list(ftcore.RangeSet.loads(state[16 + hlen :])) == [(0, 2000)]
-        assert open_transfer(s).unflushed == 0
+        assert (await open_transfer(s)).unflushed == 0
         await s.close()
 
     run(main())
@@ -877,7 +879,7 @@ def test_journal_compaction(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
         s1.commit()
         crash(s1)
         s2 = TransferStore(data_dir)
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert list(t.asm.ranges) == [(0, 2000), (2500, 2600), (2700, 2800), (2900, 3000)]
         assert t.asm.hashed == 2000
         for off in (2000, 2600, 2800):
@@ -902,7 +904,7 @@ def test_interrupted_export_after_rename_is_finished_on_lookup(data_dir: Path) -
         s1.init(CID, FID, meta_of(**meta))
         send(s1, data, 0, 7000)
         s1.commit()
-        t = open_transfer(s1)
+        t = await open_transfer(s1)
         # the export's own steps, up to a crash between the rename and the manifest
         t.asm.flush()
         target = export_dir(data_dir, CID, FID, CID, FID) / "done.bin"
@@ -915,7 +917,7 @@ def test_interrupted_export_after_rename_is_finished_on_lookup(data_dir: Path) -
         assert sorted(os.listdir(target.parent)) == ["done.bin"]
 
         s2 = TransferStore(data_dir)
-        got = s2.get(CID, FID)
+        got = await settle(lambda: s2.get(CID, FID))
         assert isinstance(got, ExportInfo)
         assert (got.size, got.path) == (7000, target)
         assert got.checksum == hashlib.sha256(data).hexdigest().upper()
@@ -938,7 +940,7 @@ def test_interrupted_export_before_rename_resumes(data_dir: Path, durability: Du
         send(s1, data, 5000, 2000)
         s1.segment(CID, FID, 7000, memoryview(b"beyond the size" * 100))
         await commit(s1)
-        t = open_transfer(s1)
+        t = await open_transfer(s1)
         # the export's own steps, up to a crash just before the rename
         t.asm.truncate(5000)
         t.asm.flush()
@@ -949,7 +951,7 @@ def test_interrupted_export_before_rename_resumes(data_dir: Path, durability: Du
         crash(s1)
 
         s2 = TransferStore(data_dir, durability=durability)
-        t2 = open_transfer(s2)
+        t2 = await open_transfer(s2)
         assert list(t2.asm.ranges) == [(0, 5000)]
         await fin(s2, 5000, sha(data[:5000]))
         check_export(data_dir, data[:5000], {"name": "f"})
@@ -979,8 +981,8 @@ def test_close_idle_then_reopen(data_dir: Path, durability: Durability) -> None:
         assert s.open_transfers() == []
         records = journal_records(staging_dir(data_dir, CID, CID, FID) / "journal")
         assert records[-1].type is jr.Rec.CHECKPOINT
-        send(s, data, 6000, 3000)  # reopens from disk
-        t = open_transfer(s)
+        await settle(lambda: send(s, data, 6000, 3000))  # reopens from disk
+        t = await open_transfer(s)
         assert t.meta == meta_of(name="f")
         assert list(t.asm.ranges) == [(0, 12_000)]
         await commit(s)
@@ -1058,12 +1060,12 @@ def test_collect_garbage_counts_any_command_as_activity(data_dir: Path) -> None:
             os.utime(staging_dir(data_dir, CID, CID, fid) / "journal", (long_ago, long_ago))
 
         s2 = TransferStore(data_dir, ttl_min=300, ttl_max=300)
-        send(s2, b"abc", 0, 3, fid="segment")
+        await settle(lambda: send(s2, b"abc", 0, 3, fid="segment"))
         s2.commit()
         with pytest.raises(FileMetaConflict):
-            s2.init(CID, "init-conflict", meta_of(name="other"))
+            await settle(lambda: s2.init(CID, "init-conflict", meta_of(name="other")))
         with pytest.raises(Incomplete):
-            s2.fin_prepare(CID, "fin-incomplete", 10, None)
+            await settle(lambda: s2.fin_prepare(CID, "fin-incomplete", 10, None))
         assert s2.collect_garbage(now=time.time()) == 1
         assert [staging_dir(data_dir, CID, CID, fid).is_dir() for fid in names] == [
             False,
@@ -1082,7 +1084,7 @@ def test_collect_garbage_counts_any_command_as_activity(data_dir: Path) -> None:
 
 # -- identifiers that are not path friendly ------------------------------------------------
 
-NASTY = [  # (clientId, fileId, esc(clientId), esc(fileId)) escaped by hand (PROTOCOL.md §6)
+NASTY = [  # (clientId, fileId, esc(clientId), esc(fileId)) escaped by hand (docs/protocol.md §6)
     ("a/b", "../../etc", "a%2Fb", "..%2F..%2Fetc"),
     ("..", ".", "%2E%2E", "%2E"),
     (".", "..", "%2E", "%2E%2E"),
@@ -1114,7 +1116,7 @@ def test_nasty_ids_stay_inside_data_dir(
         assert sorted(os.listdir(stage)) == ["data", "journal", "meta"]
         crash(s1)
         s2 = TransferStore(data_dir)
-        t = open_transfer(s2, cid, fid)
+        t = await open_transfer(s2, cid, fid)
         assert (t.client_id, t.file_id, t.dir) == (cid, fid, stage)
         assert list(t.asm.ranges) == [(0, 2000)]
         send(s2, data, 2000, 3000, cid=cid, fid=fid)
@@ -1168,7 +1170,7 @@ def test_gc_finds_dot_named_transfers(data_dir: Path) -> None:
 
 
 def test_longest_name_exports_with_manifest(data_dir: Path) -> None:
-    name = "é" * 118 + "abcd"  # 240 bytes: the longest name PROTOCOL.md §3 allows
+    name = "é" * 118 + "abcd"  # 240 bytes: the longest name docs/protocol.md §3 allows
     assert len(name.encode()) == 240
     data = payload(100)
 
@@ -1332,7 +1334,7 @@ def test_in_order_upload_needs_no_reread_and_export_is_a_rename(
         for off in range(0, len(data), 4096):
             send(s, data, off, 4096)
             await commit(s)
-        t = open_transfer(s)
+        t = await open_transfer(s)
         assert t.asm.hashed == len(data)  # hashed as it arrived: fin reads nothing back
         inode = os.stat(staging_dir(data_dir, CID, CID, FID) / "data").st_ino
         info = await fin(s, len(data), sha(data))
@@ -1380,7 +1382,7 @@ def test_close_persists_and_checkpoints(data_dir: Path, durability: Durability) 
         records = journal_records(staging_dir(data_dir, CID, CID, FID) / "journal")
         assert records[-1].type is jr.Rec.CHECKPOINT
         s2 = TransferStore(data_dir, durability=durability)
-        t = open_transfer(s2)
+        t = await open_transfer(s2)
         assert list(t.asm.ranges) == [(0, 9000), (12_000, 20_000)]
         assert t.asm.hashed == 9000
         send(s2, data, 9000, 3000)

@@ -20,11 +20,10 @@ from ftserver.export.layout import (
     parse_manifest,
     s3_key,
     s3_metadata,
-    staging_bucket,
-    staging_relpath,
 )
 from ftserver.meta import FileMeta, parse_filemeta
 from ftserver.names import esc, esc_len, is_printable
+from ftserver.storage.staging import staging_bucket, staging_relpath
 
 SUM = "a1" * 32
 

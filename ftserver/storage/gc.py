@@ -1,0 +1,62 @@
+"""The garbage collector of expired staging: unfinished transfers nobody touched for too long.
+
+A transfer's last activity is its journal's modification time (a process that closes a
+transfer sets it back to the time of its last command). Each worker runs the collector over
+the whole staging area; a transfer open in another process is locked there and skipped (that
+process collects what it holds), so any number of workers can collect at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Container
+from pathlib import Path
+
+from ftserver.errors import FtError, TransferBusy
+from ftserver.meta import FileMeta
+from ftserver.storage.staging import JOURNAL, Gone, lock_dir, read_meta, remove, staged_dirs
+
+__all__ = ["collect_expired"]
+
+
+def collect_expired(
+    staging: Path,
+    now: float,
+    ttl_of: Callable[[FileMeta | None], float],
+    skip: Container[Path] = (),
+) -> int:
+    """Delete the staged transfers under ``staging`` whose last activity is more than their
+    TTL (``ttl_of`` their init metadata, None before init) before ``now``, except those in
+    ``skip`` (open in this process: the store expires them itself) and those another
+    process holds. Returns how many were deleted. Blocking."""
+    removed = 0
+    for d in staged_dirs(staging):
+        if d in skip:
+            continue
+        meta: FileMeta | None = None
+        with contextlib.suppress(OSError, FtError):
+            meta = read_meta(d)
+        ttl = ttl_of(meta)
+        if not _expired(d, now, ttl):
+            continue
+        try:
+            lock = lock_dir(d)
+        except (TransferBusy, Gone, OSError):
+            continue  # open in another worker (it collects its own) or gone already
+        try:
+            if not _expired(d, now, ttl):
+                continue  # its holder touched it before letting it go
+            remove(d)
+        finally:
+            os.close(lock)
+        removed += 1
+    return removed
+
+
+def _expired(d: Path, now: float, ttl: float) -> bool:
+    try:
+        last = (d / JOURNAL).stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return now - last > ttl
