@@ -18,13 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen.run import raise_fd_limit
-from bench.macro import churn, fin, floors, report, restart, scale, throughput
+from bench.macro import churn, fin, floors, report, restart, scale, stalled, throughput
 from bench.macro.common import Row, Settings
 
 SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
     "throughput": throughput.run,
     "fin": fin.run,
     "scale": scale.run,
+    "stalled": stalled.run,
     "churn": churn.run,
     "restart": restart.run,
 }

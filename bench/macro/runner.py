@@ -26,11 +26,14 @@ class LoadgenFailed(RuntimeError):
     pass
 
 
-class _Loadgen:
-    """A load generator process driven through its READY/HELD/GO handshake."""
+class Loadgen:
+    """A load generator process driven through its READY/HELD/GO handshake (or another
+    module's, e.g. ``bench.loadgen.stall``: ``STALLED {...}``, then GO)."""
 
-    def __init__(self, spec: LoadSpec, err: Any) -> None:
-        argv = [sys.executable, "-m", "bench.loadgen", *spec.to_argv(), "--sync-stdin"]
+    def __init__(self, spec: LoadSpec | None, err: Any, argv: list[str] | None = None) -> None:
+        if argv is None:
+            assert spec is not None
+            argv = [sys.executable, "-m", "bench.loadgen", *spec.to_argv(), "--sync-stdin"]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
         )
@@ -90,7 +93,7 @@ def run_loads(
     started = False
     with ExitStack() as stack:
         err = stack.enter_context(open(service.workdir / "loadgen.err", "a"))
-        gens = [_Loadgen(s, err) for s in specs]
+        gens = [Loadgen(s, err) for s in specs]
         try:
             for g in gens:
                 g.expect("READY", timeout)
