@@ -41,7 +41,7 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes, 3 repetitions (< 3 min)")
+    p.add_argument("--quick", action="store_true", help="small sizes, 3 repetitions (scale and stalled: 1), about 4 min")
     p.add_argument("--repeat", type=int, default=0, help="repetitions (default 5, quick 3)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--out", type=Path, default=None, help="results directory")

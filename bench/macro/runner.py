@@ -3,6 +3,7 @@ RSS and reads measured over exactly the upload phase (from GO to the last result
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -38,7 +39,8 @@ class Loadgen:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
         )
         self.q: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pumping = threading.Thread(target=self._pump, daemon=True)
+        self._pumping.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -69,6 +71,11 @@ class Loadgen:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._pumping.join(5)  # the pipe ends with the process
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def run_loads(

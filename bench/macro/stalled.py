@@ -25,7 +25,7 @@ from typing import Any
 from bench.loadgen.spec import LoadSpec, MiB, SizeDist
 from bench.loadgen.stall import StallSpec
 from bench.macro.common import Row, Settings, attempt, stop_all
-from bench.macro.procstat import Sampler, unread_bytes
+from bench.macro.procstat import Sampler, accepted
 from bench.macro.runner import Loadgen, LoadgenFailed, run_load
 from bench.macro.services import FtServer, Mosquitto, Service
 
@@ -62,17 +62,17 @@ def _rss(svc: Service) -> int:
     return Sampler(svc.pids, svc.name_of).rss_now()
 
 
-def settle(svc: Service) -> tuple[int, int]:
+def settle(svc: Service) -> tuple[int, int, int]:
     """Wait until the server's receive queues and RSS stop moving (it read all it will);
-    returns its RSS then and the bytes left unread in its sockets."""
+    returns its RSS then, its open connections and the bytes left unread in them."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     last = (-1, -(10**12))
     while True:
-        unread, rss = unread_bytes(svc.port), _rss(svc)
+        (conns, unread), rss = accepted(svc.port), _rss(svc)
         if unread == last[0] and abs(rss - last[1]) < 1_000_000:
-            return rss, unread
+            return rss, conns, unread
         if time.monotonic() > deadline:
-            return rss, unread
+            return rss, conns, unread
         last = (unread, rss)
         time.sleep(0.5)
 
@@ -102,7 +102,7 @@ def measure(svc: Service, shape: Shape, tag: str, window: int = 64) -> dict[str,
             if not line.startswith("STALLED "):
                 raise LoadgenFailed(f"stall generator said {line!r}")
             report: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-            rss, unread = settle(svc)
+            rss, server_conns, unread = settle(svc)
             t0 = time.perf_counter()
             try:
                 up = run_load(svc, honest, timeout=HONEST_TIMEOUT, allow_errors=True)
@@ -121,6 +121,7 @@ def measure(svc: Service, shape: Shape, tag: str, window: int = 64) -> dict[str,
     return {
         "connections": float(shape.connections),
         "stalled": float(stalled),
+        "server_connections": float(server_conns),  # as the kernel sees them
         "stall_errors": float(report["errors"]),
         "rss_before_MB": before / 1e6,
         "rss_stalled_MB": rss / 1e6,
