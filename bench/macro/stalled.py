@@ -149,8 +149,7 @@ def run(settings: Settings) -> list[Row]:
     }
     rows = {t: Row(NAME, shape.case, t) for t in make}
     settings.log(f"{NAME}: {shape.case}")
-    repeat = 1 if settings.quick else settings.repeat
-    for rep in range(repeat):
+    for rep in range(settings.heavy):
         for t, new_service in make.items():
 
             def one(
