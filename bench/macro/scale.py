@@ -32,10 +32,6 @@ DEVICES = 10_000
 FD_MARGIN = 256
 
 
-def devices(quick: bool) -> int:
-    return DEVICES
-
-
 def loadgen_procs(n: int) -> int:
     """Processes needed for ``n`` connections under this machine's descriptor limit
     (inherited from the bench), at least two so the load spreads over both cores."""
@@ -51,7 +47,7 @@ def error_metrics(kinds: dict[str, int]) -> dict[str, float]:
 
 def run(settings: Settings) -> list[Row]:
     wd = settings.workdir / NAME
-    n = devices(settings.quick)
+    n = DEVICES
     make: dict[str, Callable[[], Service]] = {
         "ftserver": lambda: FtServer(
             wd / "ftserver", workers=settings.workers, window=settings.window
