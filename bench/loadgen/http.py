@@ -11,26 +11,17 @@ flight, not the file.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 from bench.loadgen.context import Context
+from bench.loadgen.device import Device
 
 HIGH_WATER = 1 << 20
 
 
-class HttpDevice(asyncio.Protocol):
+class HttpDevice(Device, asyncio.Protocol):
     def __init__(self, ctx: Context, index: int) -> None:
-        self.ctx = ctx
-        self.spec = ctx.spec
-        self.stats = ctx.stats
-        self.client_id = f"{self.spec.tag}-{index}"
-        self._sizes = ctx.files(index)
-        self._file_no = 0
-        self.transport: asyncio.Transport | None = None
-        self.finished: asyncio.Future[None] = ctx.loop.create_future()
-        self.up = False
-        self.stopping = False
+        super().__init__(ctx, index)
         self._paused = False
         self._buf = bytearray()
         self._method = ""
@@ -40,10 +31,6 @@ class HttpDevice(asyncio.Protocol):
         self._body_end = 0
         self._segments_sent = 0
         self._fin_t = 0.0
-        self._held = False
-        self._dropped_at = 0.0
-        self._churn: asyncio.TimerHandle | None = None
-        self._rng = random.Random(self.spec.seed * 7919 + index)
         self._name = ""
         self._file_id = ""
         self._in_put = False  # a PUT's header went out on this connection: its body may follow
@@ -58,50 +45,14 @@ class HttpDevice(asyncio.Protocol):
         self._buf.clear()
         self.up = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
         self._in_put = False
-        was_up, self.up = self.up, False
-        if self._churn is not None:
-            self._churn.cancel()
-            self._churn = None
-        if not was_up or self.stopping or self.finished.done():
-            return
-        self._dropped_at = time.monotonic()
-        self.ctx.loop.create_task(self._reconnect())
+        if self._lost():
+            self._reconnect_soon()
 
-    async def _reconnect(self) -> None:
-        spec = self.spec
-        deadline = time.monotonic() + spec.reconnect_timeout
-        await asyncio.sleep(spec.churn_pause)
-        while True:
-            try:
-                await self.connect()
-                break
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    self.stats.error(f"{self.client_id}: cannot reconnect: {exc!r}")
-                    self.finished.set_result(None)
-                    return
-                await asyncio.sleep(0.1 + self._rng.random() * 0.1)
-        self.stats.reconnects += 1
-        self._arm_churn()
+    def _resumed(self) -> None:
         if self._size or self._path:
             self._head()
-
-    def _arm_churn(self) -> None:
-        if self.spec.churn > 0:
-            delay = self._rng.expovariate(1.0 / self.spec.churn)
-            self._churn = self.ctx.loop.call_later(delay, self._drop)
-
-    def _drop(self) -> None:
-        self._churn = None
-        if self.up and self.transport is not None and not self.finished.done():
-            self.stats.drops += 1
-            self.transport.abort()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -119,24 +70,15 @@ class HttpDevice(asyncio.Protocol):
 
     def begin(self) -> None:
         self._arm_churn()
-        self._next_file()
+        self._start_file()
 
-    def _next_file(self) -> None:
-        size = next(self._sizes, None)
-        if size is None or (self.ctx.deadline and time.monotonic() >= self.ctx.deadline):
+    def _start_file(self) -> None:
+        nxt = self._next_file()
+        if nxt is None:
             self._path = ""
             self._size = 0
-            if self._churn is not None:
-                self._churn.cancel()
-            if not self.ctx.released and not self._held:
-                self._held = True
-                self.ctx.device_held(None)
-            if not self.finished.done():
-                self.finished.set_result(None)
             return
-        self._file_no += 1
-        self._size = size
-        self._file_id = f"{self.client_id}.{self._file_no}"
+        self._file_id, self._size = nxt
         self._name = f"{self._file_id}.bin"
         self._path = f"/upload/{self.client_id}/{self._file_id}/{self._name}"
         self._segments_sent = 0
@@ -179,9 +121,7 @@ class HttpDevice(asyncio.Protocol):
             return  # released while reconnecting: the PUT after the HEAD sends the body
         while not self._paused and tr is not None and self._body_off < self._body_end:
             if stop and self._segments_sent >= stop and not self.ctx.released:
-                if not self._held:
-                    self._held = True
-                    self.ctx.device_held(self._resume)
+                self._hold(self._resume)
                 return
             off = self._body_off
             length = min(seg, self._body_end - off)
@@ -216,10 +156,7 @@ class HttpDevice(asyncio.Protocol):
     def _response(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self._in_put = False
         stats = self.stats
-        if self._dropped_at:
-            stats.resume_ms.append((time.monotonic() - self._dropped_at) * 1e3)
-            stats.resume_at.append(time.time())
-            self._dropped_at = 0.0
+        self._answered()
         if status == 409 and self.transport is not None:
             # answered before its body was read: this connection is out of step; a new one
             # asks HEAD for the offset
@@ -237,14 +174,11 @@ class HttpDevice(asyncio.Protocol):
             stats.segments += self._segments_sent
             self._done(True)
         else:
-            stats.code(status)
-            stats.error(f"{self.client_id}: PUT {self._path}: HTTP {status} {body[:80]!r}")
+            stats.error(f"{self.client_id}: PUT {self._path}: HTTP {status} {body[:80]!r}",
+                        f"HTTP {status}")  # fmt: skip
             self._done(False)
 
     def _done(self, ok: bool) -> None:
         if ok:
-            self.stats.files += 1
-            self.stats.bytes += self._size
-            self.stats.fin_ms.append((time.perf_counter() - self._fin_t) * 1e3)
-            self.stats.exports.append((self.client_id, self._file_id, self._name, self._size))
-        self._next_file()
+            self._file_ok(self._file_id, self._name, self._size, self._fin_t)
+        self._start_file()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 from typing import Any
 
 from bench.loadgen.context import Context
+from bench.loadgen.device import Device, Refused
 from ftserver.mqtt import codec
 from ftserver.mqtt.codec import Decoder, ProtocolError
 from ftserver.mqtt.packets import (
@@ -72,35 +72,23 @@ class Job:
         self.resend: list[tuple[int, int, int]] = []
 
 
-class MqttDevice(asyncio.BufferedProtocol):
+class MqttDevice(Device, asyncio.BufferedProtocol):
     def __init__(self, ctx: Context, index: int) -> None:
-        self.ctx = ctx
-        spec = self.spec = ctx.spec
-        self.stats = ctx.stats
-        self.client_id = f"{spec.tag}-{index}"
+        super().__init__(ctx, index)
+        spec = self.spec
         self.level = spec.mqtt_version
         self.prefix = "$file-async" if spec.mode == "async" else "$file"
         self.subscribe = spec.fin_by_document
         self.response_topic = f"$file-response/{self.client_id}"
         self.ok = spec.ok_codes
-        self._sizes = ctx.files(index)
-        self._file_no = 0
         self.job: Job | None = None
         self.inflight: dict[int, tuple[int, int, int]] = {}
         self.window = spec.window
-        self.transport: asyncio.Transport | None = None
         self.decoder = Decoder(MAX_PACKET, server=False, protocol_level=self.level)
-        self.up = False
-        self.stopping = False
-        self.holding = False
-        self._held_reported = False
+        self.holding = False  # at stop_after, waiting for the driver
         self._pid = 0
         self._out: list[bytes | memoryview] = []
         self._waiter: asyncio.Future[Any] | None = None
-        self._dropped_at = 0.0
-        self._churn: asyncio.TimerHandle | None = None
-        self._rng = random.Random(spec.seed * 7919 + index)
-        self.finished: asyncio.Future[None] = ctx.loop.create_future()
         self._fin_props: Properties = {}
         if spec.target == "naive":
             # the subscriber answers a fin on its MQTT 5 Response Topic (it cannot know the
@@ -120,7 +108,7 @@ class MqttDevice(asyncio.BufferedProtocol):
         self._flush()
         connack: Connack = await asyncio.wait_for(self._waiter, CONNECT_TIMEOUT)
         if connack.reason_code:
-            raise ConnectionError(f"{self.client_id}: CONNACK 0x{connack.reason_code:02x}")
+            raise Refused("CONNACK", connack.reason_code, self.client_id)
         self.window = min(self.spec.window, connack.properties.get("receive_maximum", 65535))
         if self.subscribe:
             self._waiter = loop.create_future()
@@ -129,22 +117,14 @@ class MqttDevice(asyncio.BufferedProtocol):
             self._flush()
             suback: Suback = await asyncio.wait_for(self._waiter, CONNECT_TIMEOUT)
             if suback.reason_codes[0] >= 0x80:
-                raise ConnectionError(f"{self.client_id}: SUBACK 0x{suback.reason_codes[0]:02x}")
+                raise Refused("SUBACK", suback.reason_codes[0], self.client_id)
         self._waiter = None
         self.up = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        was_up, self.up = self.up, False
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(ConnectionError(f"{self.client_id}: connection lost"))
-        if self._churn is not None:
-            self._churn.cancel()
-            self._churn = None
-        if not was_up or self.stopping or self.finished.done():
+        if not self._lost():
             return
         job = self.job
         if job is not None:
@@ -158,44 +138,11 @@ class MqttDevice(asyncio.BufferedProtocol):
             if job.fin_acked and job.fin_doc is None:
                 job.fin_sent = job.fin_acked = False  # its document may be lost: ask again
         self.inflight.clear()
-        self._dropped_at = time.monotonic()
-        self.ctx.loop.create_task(self._reconnect())
+        self._reconnect_soon()
 
-    async def _reconnect(self) -> None:
-        spec = self.spec
-        deadline = time.monotonic() + spec.reconnect_timeout
-        await asyncio.sleep(spec.churn_pause)
-        while True:
-            try:
-                await self.connect()
-                break
-            except (TimeoutError, OSError, ConnectionError) as exc:
-                if self.transport is not None:
-                    self.transport.abort()
-                if time.monotonic() > deadline:
-                    self._fail(f"{self.client_id}: cannot reconnect: {exc!r}")
-                    return
-                await asyncio.sleep(0.1 + self._rng.random() * 0.1)
-        self.stats.reconnects += 1
-        self._arm_churn()
+    def _resumed(self) -> None:
         self._pump()
         self._flush()
-
-    def _arm_churn(self) -> None:
-        if self.spec.churn > 0:
-            delay = self._rng.expovariate(1.0 / self.spec.churn)
-            self._churn = self.ctx.loop.call_later(delay, self._drop)
-
-    def _drop(self) -> None:
-        self._churn = None
-        if self.up and self.transport is not None and not self.finished.done():
-            self.stats.drops += 1
-            self.transport.abort()  # no DISCONNECT: the device just vanishes
-
-    def _fail(self, message: str) -> None:
-        self.stats.error(message)
-        if not self.finished.done():
-            self.finished.set_result(None)
 
     async def close(self) -> None:
         """DISCONNECT and wait for the server to close (so TIME_WAIT stays on its side)."""
@@ -218,25 +165,13 @@ class MqttDevice(asyncio.BufferedProtocol):
 
     def begin(self) -> None:
         self._arm_churn()
-        self._next_file()
+        self._start_file()
         self._pump()
         self._flush()
 
-    def _next_file(self) -> None:
-        size = next(self._sizes, None)
-        if size is None:
-            self.job = None
-            if not self.ctx.released and not self._held_reported:
-                self._held_reported = True
-                self.ctx.device_held(None)
-            if self._churn is not None:
-                self._churn.cancel()
-                self._churn = None
-            if not self.finished.done():
-                self.finished.set_result(None)
-            return
-        self._file_no += 1
-        self.job = Job(self.prefix, f"{self.client_id}.{self._file_no}", size)
+    def _start_file(self) -> None:
+        nxt = self._next_file()
+        self.job = None if nxt is None else Job(self.prefix, *nxt)
 
     def _resume(self) -> None:
         self.holding = False
@@ -266,11 +201,9 @@ class MqttDevice(asyncio.BufferedProtocol):
                 continue
             if job.next_off < job.size:
                 if spec.stop_after and job.sent >= spec.stop_after and not self.ctx.released:
-                    if not self.holding:
-                        self.holding = True
-                    if not inflight and not self._held_reported:
-                        self._held_reported = True
-                        self.ctx.device_held(self._resume)
+                    self.holding = True
+                    if not inflight:
+                        self._hold(self._resume)
                     return
                 off = job.next_off
                 length = min(seg, job.size - off)
@@ -349,9 +282,11 @@ class MqttDevice(asyncio.BufferedProtocol):
                     if self._waiter is not None and not self._waiter.done():
                         self._waiter.set_result(p)
                 elif type(p) is Disconnect:
-                    self.stats.error(f"{self.client_id}: DISCONNECT 0x{p.reason_code:02x}")
+                    self.stats.error(f"{self.client_id}: DISCONNECT 0x{p.reason_code:02x}",
+                                     f"DISCONNECT 0x{p.reason_code:02x}")  # fmt: skip
         except ProtocolError as exc:
-            self.stats.error(f"{self.client_id}: protocol error from the server: {exc}")
+            self.stats.error(f"{self.client_id}: protocol error from the server: {exc}",
+                             "protocol error")  # fmt: skip
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -372,15 +307,11 @@ class MqttDevice(asyncio.BufferedProtocol):
             return
         kind = entry[0]
         stats = self.stats
-        if self._dropped_at:
-            now = time.monotonic()
-            stats.resume_ms.append((now - self._dropped_at) * 1e3)
-            stats.resume_at.append(time.time())
-            self._dropped_at = 0.0
+        self._answered()
         if rc not in self.ok:
-            stats.code(rc)
-            stats.error(f"{self.client_id}: {('segment', 'init', 'fin')[kind]} of "
-                        f"{job.file_id} at {entry[1]}: reason 0x{rc:02x}")  # fmt: skip
+            what = ("segment", "init", "fin")[kind]
+            stats.error(f"{self.client_id}: {what} of {job.file_id} at {entry[1]}: "
+                        f"reason 0x{rc:02x}", f"{what} 0x{rc:02x}")  # fmt: skip
             if kind == FIN:
                 self._file_done(ok=False)
             return
@@ -391,9 +322,8 @@ class MqttDevice(asyncio.BufferedProtocol):
             job.fin_acked = True
             if not self.subscribe or job.fin_doc is not None:
                 self._file_done(ok=job.fin_doc in (None, 0))
-        if self.holding and not self.inflight and not self._held_reported:
-            self._held_reported = True
-            self.ctx.device_held(self._resume)
+        if self.holding and not self.inflight:
+            self._hold(self._resume)
 
     def _on_document(self, p: Publish) -> None:
         if p.qos and p.packet_id is not None:
@@ -403,12 +333,13 @@ class MqttDevice(asyncio.BufferedProtocol):
             rc = int(doc["reason_code"])
             topic = str(doc["topic"])
         except (ValueError, KeyError, TypeError):
-            self.stats.error(f"{self.client_id}: bad response document {bytes(p.payload)[:80]!r}")
+            self.stats.error(f"{self.client_id}: bad response document {bytes(p.payload)[:80]!r}",
+                             "bad document")  # fmt: skip
             return
         job = self.job
         if rc:
-            self.stats.code(rc)
-            self.stats.error(f"{self.client_id}: {topic}: {doc.get('reason_description')}")
+            self.stats.error(f"{self.client_id}: {topic}: {doc.get('reason_description')}",
+                             f"document 0x{rc:02x}")  # fmt: skip
         if job is None or not job.fin_sent or "/fin/" not in topic or job.prefix not in topic:
             return
         job.fin_doc = rc
@@ -418,12 +349,6 @@ class MqttDevice(asyncio.BufferedProtocol):
     def _file_done(self, *, ok: bool) -> None:
         job = self.job
         assert job is not None
-        stats = self.stats
         if ok:
-            stats.files += 1
-            stats.bytes += job.size
-            stats.fin_ms.append((time.perf_counter() - job.fin_t) * 1e3)
-            stats.exports.append((self.client_id, job.file_id, job.name, job.size))
-        if self.ctx.deadline and time.monotonic() >= self.ctx.deadline:
-            self._sizes = iter(())
-        self._next_file()
+            self._file_ok(job.file_id, job.name, job.size, job.fin_t)
+        self._start_file()

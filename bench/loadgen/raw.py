@@ -54,7 +54,9 @@ class RawDevice(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if not self.finished.done():
-            self.stats.error(f"{self.client_id}: connection lost before the reply ({exc!r})")
+            self.stats.error(
+                f"{self.client_id}: connection lost before the reply ({exc!r})", "lost"
+            )
             self.finished.set_result(None)
 
     def pause_writing(self) -> None:
@@ -136,7 +138,9 @@ class RawDevice(asyncio.Protocol):
         except ValueError:
             got = -1
         if got != self._sent:
-            self.stats.error(f"{self.client_id}: discard server got {got} bytes, sent {self._sent}")
+            self.stats.error(
+                f"{self.client_id}: discard server got {got} bytes, sent {self._sent}", "raw count"
+            )
         else:
             self.stats.raw_bytes_confirmed += got
             self.stats.files += self._done_files

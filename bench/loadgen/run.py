@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from bench.loadgen.content import Content
 from bench.loadgen.context import Context
+from bench.loadgen.device import failure_kind
 from bench.loadgen.spec import LoadSpec
 from bench.loadgen.stats import Stats
 
@@ -91,9 +92,9 @@ async def _connect_all(devices: list[Device], spec: LoadSpec, stats: Stats) -> N
                 try:
                     await d.connect()
                     return
-                except (TimeoutError, OSError, ConnectionError) as exc:
+                except OSError as exc:  # TimeoutError and ConnectionError included
                     if attempt == 19:
-                        stats.error(f"device {i}: cannot connect: {exc!r}")
+                        stats.error(f"device {i}: cannot connect: {exc!r}", failure_kind(exc))
                         d.finished.set_result(None)
                         return
                     await asyncio.sleep(0.1)
@@ -219,7 +220,7 @@ def verify(spec: LoadSpec, stats: Stats) -> None:
     if spec.target in ("mosquitto", "raw"):
         return  # nothing is stored: the reason codes (or the byte count) were the check
     if not spec.verify_dir:
-        stats.error("no --verify-dir: exports were not checked")
+        stats.error("no --verify-dir: exports were not checked", "not verified")
         return
     root = Path(spec.verify_dir)
     content = Content(spec.seed) if spec.verify_content else None
@@ -230,14 +231,16 @@ def verify(spec: LoadSpec, stats: Stats) -> None:
             got = path.stat().st_size
         except OSError:
             missing += 1
-            stats.error(f"export missing: {path}")
+            stats.error(f"export missing: {path}", "export missing")
             continue
         if got != size:
-            stats.error(f"export {path}: {got} bytes, uploaded {size}")
+            stats.error(f"export {path}: {got} bytes, uploaded {size}", "export size")
         elif content is not None and _sha256(path) != content.file_sha256(size):
-            stats.error(f"export {path}: content differs from what was uploaded")
+            stats.error(f"export {path}: content differs from what was uploaded", "export content")
     if len(stats.exports) != expected_files:
-        stats.error(f"{expected_files} files reported, {len(stats.exports)} recorded")
+        stats.error(
+            f"{expected_files} files reported, {len(stats.exports)} recorded", "export records"
+        )
 
 
 def export_path(spec: LoadSpec, root: Path, client_id: str, file_id: str, name: str) -> Path:

@@ -22,7 +22,9 @@ class Stats:
     reconnects: int = 0  # successful reconnects
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-    rc_counts: dict[str, int] = field(default_factory=dict)
+    #: errors by reason: ``"fin 0x80"``, ``"HTTP 500"``, ``"connect refused"``,
+    #: ``"CONNACK 0x9f"``, ``"export missing"``... (they add up to ``errors``)
+    error_kinds: dict[str, int] = field(default_factory=dict)
     fin_ms: list[float] = field(default_factory=list)
     resume_ms: list[float] = field(default_factory=list)  # drop -> first acknowledgement after
     resume_at: list[float] = field(default_factory=list)  # wall time of that acknowledgement
@@ -36,14 +38,12 @@ class Stats:
     wire_bytes: int = 0  # bytes written to the sockets (headers included, resends included)
     wire_at_release: int = 0  # wire_bytes when held devices were released (restart scenario)
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, kind: str = "other") -> None:
+        """Count one error under its reason ``kind``; keep the first messages."""
         self.errors += 1
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(message)
-
-    def code(self, rc: int) -> None:
-        key = f"0x{rc:02x}"
-        self.rc_counts[key] = self.rc_counts.get(key, 0) + 1
 
     @property
     def elapsed(self) -> float:

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen.run import raise_fd_limit
-from bench.macro import churn, fin, floors, report, restart, scale, throughput
+from bench.macro import churn, fin, floors, report, restart, scale, stalled, throughput
 from bench.macro.common import Row, Settings
 
 SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
     "throughput": throughput.run,
     "fin": fin.run,
     "scale": scale.run,
+    "stalled": stalled.run,
     "churn": churn.run,
     "restart": restart.run,
 }
@@ -40,7 +41,11 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes, 3 repetitions (< 3 min)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, 3 repetitions (scale and stalled: 1), about 4 min",
+    )
     p.add_argument("--repeat", type=int, default=0, help="repetitions (default 5, quick 3)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--out", type=Path, default=None, help="results directory")
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         quick=args.quick,
         repeat=args.repeat or (3 if args.quick else 5),
+        heavy_repeat=args.repeat or (1 if args.quick else 5),
         workdir=work,
         workers=args.workers,
         window=args.window,
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": args.quick,
         "repeat": settings.repeat,
+        "heavy_repeat": settings.heavy,
         "workers": args.workers,
         "window": args.window,
         "cpus": os.cpu_count(),

@@ -24,6 +24,13 @@ class Settings:
     workers: int = 0  # ftserver's --workers (0: one per core, its default)
     window: int = 64  # unacknowledged commands per device (and the servers' Receive Maximum)
     verbose: bool = True
+    #: repetitions of the long scenarios (scale, stalled: a fresh server and 10 000 devices
+    #: or GiBs of stalled payload each time); 0: the same as ``repeat``
+    heavy_repeat: int = 0
+
+    @property
+    def heavy(self) -> int:
+        return self.heavy_repeat or self.repeat
 
     def tag(self, scenario: str, label: str) -> str:
         """A fresh client-id prefix: no run ever meets a transfer of an earlier one."""

@@ -43,6 +43,25 @@ def rchar(pid: int) -> int:
     return 0
 
 
+def accepted(port: int) -> tuple[int, int]:
+    """The established TCP connections whose local port is ``port`` (a server's accepted
+    connections, as the kernel sees them) and the bytes waiting in their receive queues:
+    sent to the server, not yet read by it. From ``/proc/net/tcp`` and ``tcp6`` of this
+    network namespace."""
+    count = unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 4 and f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+                unread += int(f[4].split(":")[1], 16)
+    return count, unread
+
+
 def descendants(roots: list[int]) -> list[int]:
     """``roots`` and all their live descendants."""
     parent: dict[int, int] = {}

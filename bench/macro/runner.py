@@ -3,6 +3,7 @@ RSS and reads measured over exactly the upload phase (from GO to the last result
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -26,16 +27,20 @@ class LoadgenFailed(RuntimeError):
     pass
 
 
-class _Loadgen:
-    """A load generator process driven through its READY/HELD/GO handshake."""
+class Loadgen:
+    """A load generator process driven through its READY/HELD/GO handshake (or another
+    module's, e.g. ``bench.loadgen.stall``: ``STALLED {...}``, then GO)."""
 
-    def __init__(self, spec: LoadSpec, err: Any) -> None:
-        argv = [sys.executable, "-m", "bench.loadgen", *spec.to_argv(), "--sync-stdin"]
+    def __init__(self, spec: LoadSpec | None, err: Any, argv: list[str] | None = None) -> None:
+        if argv is None:
+            assert spec is not None
+            argv = [sys.executable, "-m", "bench.loadgen", *spec.to_argv(), "--sync-stdin"]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
         )
         self.q: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pumping = threading.Thread(target=self._pump, daemon=True)
+        self._pumping.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -66,6 +71,11 @@ class _Loadgen:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._pumping.join(5)  # the pipe ends with the process
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def run_loads(
@@ -90,7 +100,7 @@ def run_loads(
     started = False
     with ExitStack() as stack:
         err = stack.enter_context(open(service.workdir / "loadgen.err", "a"))
-        gens = [_Loadgen(s, err) for s in specs]
+        gens = [Loadgen(s, err) for s in specs]
         try:
             for g in gens:
                 g.expect("READY", timeout)

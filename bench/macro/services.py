@@ -63,6 +63,10 @@ def _drain(stream: object) -> threading.Thread:
     return t
 
 
+def _count_files(root: Path) -> int:
+    return sum(len(files) for _d, _dirs, files in os.walk(root))
+
+
 def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = START_TIMEOUT) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -117,6 +121,10 @@ class Service:
 
     def reset(self) -> None:
         """Delete what the last run exported (between runs, outside any timing)."""
+
+    def exported_files(self) -> int | None:
+        """Files exported so far, counted on disk (``None``: this service stores nothing)."""
+        return None
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -196,6 +204,37 @@ class FtServer(Service):
     def reset(self) -> None:
         shutil.rmtree(self.data / "exports", ignore_errors=True)
 
+    def exported_files(self) -> int:
+        """Exports whose data file and manifest are both in place."""
+        from ftserver.export.layout import MANIFEST_SUFFIX
+
+        n = 0
+        for _dir, _dirs, files in os.walk(self.data / "exports"):
+            names = set(files)
+            n += sum(
+                1
+                for f in files
+                if f.endswith(MANIFEST_SUFFIX) and f[: -len(MANIFEST_SUFFIX)] in names
+            )
+        return n
+
+    def listed_files(self) -> int:
+        """Exports the HTTP API lists (``GET /api/v5/file_transfer/files``, every page)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        base = f"http://127.0.0.1:{self.http_port}/api/v5/file_transfer/files?limit=10000"
+        n, cursor = 0, ""
+        while True:
+            url = base + (f"&following={urllib.parse.quote(cursor)}" if cursor else "")
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                page = json.load(resp)
+            n += len(page["files"])
+            cursor = page.get("cursor", "")
+            if not cursor:
+                return n
+
     def kill9(self) -> None:
         """``kill -9`` the supervisor and every worker (each by its pid)."""
         from bench.macro.procstat import descendants
@@ -256,6 +295,9 @@ class Naive(Mosquitto):
         shutil.rmtree(self.store / "exports", ignore_errors=True)
         shutil.rmtree(self.store / "segments", ignore_errors=True)
 
+    def exported_files(self) -> int:
+        return _count_files(self.store / "exports")
+
 
 class _Listening(Service):
     module = ""
@@ -293,6 +335,9 @@ class HttpUpload(_Listening):
     def reset(self) -> None:
         shutil.rmtree(self.store / "files", ignore_errors=True)
         shutil.rmtree(self.store / "partial", ignore_errors=True)
+
+    def exported_files(self) -> int:
+        return _count_files(self.store / "files")
 
     def kill9(self) -> None:
         for p in self.procs:
