@@ -20,7 +20,7 @@ lint:
 bench:        # micro + end-to-end scenarios beside their baselines, 5 repetitions (~30 min)
 	ci/bench
 
-bench-quick:  # the same, small and 3 repetitions (< 3 min); results in bench/results/
+bench-quick:  # the same, small and 3 repetitions (about 4 min); results in bench/results/
 	ci/bench --quick
 
 serve:
