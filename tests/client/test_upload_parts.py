@@ -59,6 +59,11 @@ def test_options_refuse_unusable_values(fields: dict[str, typing.Any]) -> None:
         asyncio.run(upload(Path("/nonexistent"), UploadOptions(), **fields))
 
 
+def test_unknown_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        asyncio.run(upload(Path("/nonexistent"), segment_sise=1))  # type: ignore[call-arg]
+
+
 def test_init_meta_has_only_what_was_given() -> None:
     assert UploadOptions().init_meta("a", 3, None) == {"name": "a", "size": 3}
     opts = UploadOptions(expire_at=9, segments_ttl=60, user_data={"k": [1]})
