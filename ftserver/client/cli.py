@@ -194,18 +194,20 @@ async def _upload(args: argparse.Namespace) -> int:
     import ssl
 
     from ftserver.client import (
+        DEFAULT_SEGMENT_SIZE,
+        DEFAULT_WINDOW,
         ConnectionFailed,
         MqttSettings,
         Timeouts,
         UploadCancelled,
         UploadError,
+        UploadOptions,
         UploadRejected,
         UploadTimeout,
         upload,
     )
     from ftserver.client import state as statefile
     from ftserver.client.progress import DisplayHandler, ProgressDisplay, human_size
-    from ftserver.client.uploader import DEFAULT_SEGMENT_SIZE, DEFAULT_WINDOW
 
     stderr = sys.stderr
     mode = args.progress
@@ -256,11 +258,9 @@ async def _upload(args: argparse.Namespace) -> int:
     if state_path is None and not stdin:
         state_path = statefile.default_path(Path(args.file), args.host, port)
     try:
-        result = await upload(
-            sys.stdin.buffer if stdin else Path(args.file),
+        options = UploadOptions(
             file_id=args.file_id,
             name=args.name,
-            mqtt=settings,
             mode="async" if args.async_mode else "sync",
             segment_size=args.segment_size or DEFAULT_SEGMENT_SIZE,
             window=args.window or DEFAULT_WINDOW,
@@ -269,6 +269,11 @@ async def _upload(args: argparse.Namespace) -> int:
             state_file=state_path,
             resume=args.resume,
             timeouts=timeouts,
+        )
+        result = await upload(
+            sys.stdin.buffer if stdin else Path(args.file),
+            options,
+            mqtt=settings,
             on_progress=display,
         )
     except (UploadCancelled, UploadRejected) as exc:

@@ -16,11 +16,17 @@ bandwidth-delay product in flight, the least that keeps the link busy, within
 With twice the product in flight the rate can double every round trip until the link is full;
 then about one product waits in queues, which is what a cut costs. Until there is a first
 measurement the ceiling applies.
+
+:class:`PauseControl` says when nothing may be sent at all: after 0x97 (the server asks the
+client to wait), for an exponentially growing, jittered pause, back to the shortest after the
+next success.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+from ftserver.client.link import Backoff
 
 SLOT = 0.1
 SLOTS = 10
@@ -72,3 +78,32 @@ class FlightControl:
             return self.ceiling
         want = int(self.gain * rate * self.rtt_min)
         return max(self.floor, min(self.ceiling, want))
+
+
+class PauseControl:
+    """Pauses after 0x97: one per episode, however many commands in flight get 0x97."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self.until = 0.0
+        #: pause episodes so far
+        self.count = 0
+        self._attempt = 0
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
+
+    def pause(self, now: float, sent_at: float) -> float | None:
+        """A command published at ``sent_at`` got 0x97: the pause in seconds, or None when it
+        belongs to the pause already running (it was sent before that pause ended)."""
+        if sent_at < self.until or now < self.until:
+            return None
+        delay = self.backoff.delay(self._attempt)
+        self._attempt += 1
+        self.count += 1
+        self.until = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        """A command succeeded: the next pause is a short one again."""
+        self._attempt = 0

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import TextIO
 
-from ftserver.client.uploader import Progress
+from ftserver.client.report import Progress
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from clienthelpers import exported, run_cli, sha256_of, write_random
 
 from ftharness import ServerProcess
+from ftserver.client import Progress
 from ftserver.client.progress import ProgressDisplay, human_duration, human_size
-from ftserver.client.uploader import Progress
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -21,6 +21,7 @@ from ftserver.client import (
     MqttSettings,
     Progress,
     UploadCancelled,
+    UploadOptions,
     upload,
 )
 from ftserver.client.tap import properties
@@ -96,6 +97,30 @@ def test_response_topic(server: ServerProcess, cid: str, tmp_path: Path) -> None
         )
     )
     assert sha256_of(exported(server, cid, result.file_id, "rt.bin")) == digest
+
+
+def test_options_built_once_for_several_files(
+    server: ServerProcess, cid: str, tmp_path: Path
+) -> None:
+    """One UploadOptions for two files; a keyword argument overrides its field for one call."""
+    options = UploadOptions(
+        segment_size=16 * KiB, window=2, segment_checksums=True, user_data={"batch": 7}
+    )
+    settings = MqttSettings(port=server.mqtt_port, client_id=cid)
+    digests = [write_random(tmp_path / f"f{i}.bin", 100 * KiB + i, seed=20 + i) for i in (0, 1)]
+
+    async def run() -> list[tuple[str, str]]:
+        first = await upload(tmp_path / "f0.bin", options, mqtt=settings)
+        second = await upload(tmp_path / "f1.bin", options, mqtt=settings, name="renamed.bin")
+        return [(first.file_id, first.name), (second.file_id, second.name)]
+
+    (fid0, name0), (fid1, name1) = asyncio.run(run())
+    assert (name0, name1) == ("f0.bin", "renamed.bin") and fid0 != fid1
+    assert options.name is None  # the override did not change the options
+    for (fid, name), digest in zip([(fid0, name0), (fid1, name1)], digests, strict=True):
+        export = exported(server, cid, fid, name)
+        assert sha256_of(export) == digest
+        assert read_manifest(export)["user_data"] == {"batch": 7}
 
 
 @pytest.mark.parametrize("kind", ["empty", "stream", "pipe"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 
@@ -397,11 +396,207 @@ def test_parse_never_raises_anything_but_fterror(levels: list[str], head: str) -
         assert cmd.is_async == topic.startswith("$file-async/")
 
 
+# An independent reading of docs/protocol.md §2 (the spec table and the dispatch order, the
+# integer, checksum and fileId rules, and §6's escaping for the fileId's length), written from
+# the text and sharing no code with the parser. A command is a plain tuple here:
+# ("init" | "abort", fileId, async), ("segment", fileId, offset, checksum bytes or None, async),
+# ("fin", fileId, size, checksum bytes or None, async).
+
+#: the documented clamp: offsets and sizes above 20 significant digits read as 10**20
+ORACLE_CLAMP = 10**20
+
+
+def _oracle_uint(text: str) -> int | None:
+    if not text or any(c not in "0123456789" for c in text):
+        return None
+    return min(int(text), ORACLE_CLAMP)
+
+
+def _oracle_sha256(text: str) -> bytes | None:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        return None
+    return bytes(int(text[i : i + 2], 16) for i in range(0, 64, 2))
+
+
+def _oracle_printable(cp: int) -> bool:
+    return (
+        0x20 <= cp <= 0x7E
+        or 0xA0 <= cp <= 0xD7FF
+        or 0xE000 <= cp <= 0xFFFD
+        or 0x10000 <= cp <= 0x10FFFF
+    )
+
+
+def _oracle_escaped_bytes(file_id: str) -> int:
+    if file_id in (".", ".."):
+        return 3 * len(file_id)
+    total = 0
+    for ch in file_id:
+        n = len(ch.encode("utf-8", "surrogatepass"))
+        total += 3 * n if ch in "%:\\/" or not _oracle_printable(ord(ch)) else n
+    return total
+
+
+OracleResult = tuple[object, ...] | type[errors.FtError] | None
+
+
+def oracle(topic: str) -> OracleResult:
+    """What docs/protocol.md §2 says ``topic`` is: None (not a command), an error class, or a
+    command tuple."""
+    if topic.startswith("$file/"):
+        head, is_async = "$file/", False
+    elif topic.startswith("$file-async/"):
+        head, is_async = "$file-async/", True
+    else:
+        return None
+    file_id, *rest = topic[len(head) :].split("/")
+    # 1. the fileId level is empty (or too long once escaped)
+    if not file_id or _oracle_escaped_bytes(file_id) > 255:
+        return errors.InvalidFileId
+    # 2. init
+    if rest == ["init"]:
+        return ("init", file_id, is_async)
+    # 3. fin/size[/checksum]
+    if len(rest) in (2, 3) and rest[0] == "fin":
+        size = _oracle_uint(rest[1])
+        if size is None:
+            return errors.InvalidSize
+        fin_sum = _oracle_sha256(rest[2]) if len(rest) == 3 else None
+        if len(rest) == 3 and fin_sum is None:
+            return errors.InvalidChecksum
+        return ("fin", file_id, size, fin_sum, is_async)
+    # 4. abort
+    if rest == ["abort"]:
+        return ("abort", file_id, is_async)
+    # 5. and 6. a segment, without or with checksum: the offset first
+    if len(rest) in (1, 2):
+        offset = _oracle_uint(rest[0])
+        if offset is None:
+            return errors.InvalidOffset
+        seg_sum = _oracle_sha256(rest[1]) if len(rest) == 2 else None
+        if len(rest) == 2 and seg_sum is None:
+            return errors.InvalidChecksum
+        return ("segment", file_id, offset, seg_sum, is_async)
+    # 7. anything else
+    return errors.InvalidFileCommand
+
+
+def as_tuple(cmd: object) -> tuple[object, ...]:
+    """A parsed command in the oracle's terms."""
+    if isinstance(cmd, Init):
+        return ("init", cmd.file_id, cmd.is_async)
+    if isinstance(cmd, Abort):
+        return ("abort", cmd.file_id, cmd.is_async)
+    if isinstance(cmd, Segment):
+        return ("segment", cmd.file_id, cmd.offset, cmd.checksum, cmd.is_async)
+    assert isinstance(cmd, Fin)
+    return ("fin", cmd.file_id, cmd.size, cmd.checksum, cmd.is_async)
+
+
+def rebuild(cmd: object) -> str:
+    """A topic for ``cmd``, written from its fields (lowercase hex, no leading zeros)."""
+    fields = as_tuple(cmd)
+    head = "$file-async/" if fields[-1] else "$file/"
+    kind, file_id = fields[0], fields[1]
+    if kind in ("init", "abort"):
+        return f"{head}{file_id}/{kind}"
+    number, digest = fields[2], fields[3]
+    tail = "" if digest is None else "/" + bytes(digest).hex()  # type: ignore[call-overload]
+    middle = f"fin/{number}" if kind == "fin" else f"{number}"
+    return f"{head}{file_id}/{middle}{tail}"
+
+
+def test_oracle_agrees_with_the_spec_examples(prefix: tuple[str, bool]) -> None:
+    """The oracle itself, on the spec's own examples (so that agreeing with it means
+    something)."""
+    p, a = prefix
+    assert oracle(f"{p}init/init") == ("init", "init", a)
+    assert oracle(f"{p}ID/fin") is errors.InvalidOffset
+    assert oracle(f"{p}ID/fin/x") is errors.InvalidSize
+    assert oracle(f"{p}ID/007/{SUM_UPPER}") == ("segment", "ID", 7, SUM_BYTES, a)
+    assert oracle(f"{p}ID/fin/9/{SUM_LOWER}") == ("fin", "ID", 9, SUM_BYTES, a)
+    assert oracle(f"{p}ID/5/zz") is errors.InvalidChecksum
+    assert oracle(f"{p}ID/a/b/c") is errors.InvalidFileCommand
+    assert oracle(f"{p}" + ":" * 85 + "/abort") == ("abort", ":" * 85, a)
+    assert oracle(f"{p}" + ":" * 86 + "/abort") is errors.InvalidFileId
+    assert oracle(f"{p}" + "9" * 30 + "/" + "9" * 30) == (
+        "segment",
+        "9" * 30,
+        ORACLE_CLAMP,
+        None,
+        a,
+    )
+    assert oracle("$file") is None and oracle("$FILE/x/init") is None
+
+
+DIGITS = st.one_of(
+    st.integers(min_value=0, max_value=10**22).map(str),
+    st.builds(lambda z, n: "0" * z + str(n), st.integers(0, 25), st.integers(0, 10**6)),
+    st.sampled_from(["-1", "+1", " 1", "1 ", "0x10", "1e3", "1_0", "١٢", "１", "²", "1.0"]),
+)
+HEXISH = st.one_of(
+    st.binary(min_size=32, max_size=32).map(bytes.hex),
+    st.binary(min_size=32, max_size=32).map(lambda b: b.hex().upper()[:31] + b.hex()[31:]),
+    st.sampled_from([63, 65, 0, 128]).flatmap(
+        lambda n: st.text("0123456789abcdefABCDEF", min_size=n, max_size=n)
+    ),
+    st.builds(
+        lambda digest, i, bad: digest.hex()[:i] + bad + digest.hex()[i + 1 :],
+        st.binary(min_size=32, max_size=32),
+        st.integers(0, 63),
+        st.sampled_from(["g", " ", "ａ", "é", "/", "-"]),
+    ),
+)
+FILE_ID = st.one_of(
+    st.text(st.characters(blacklist_characters="/"), max_size=12),
+    st.sampled_from(["init", "fin", "abort", ".", "..", "a" * 255, "a" * 256, ":" * 85, ":" * 86]),
+    st.sampled_from(["é" * 127, "é" * 128, "\ufffe" * 28, "\ufffe" * 29, "%" * 85, "%" * 86]),
+)
+TOPIC_LEVEL = st.one_of(
+    st.sampled_from(["init", "fin", "abort", "", "INIT", "Fin"]),
+    DIGITS,
+    HEXISH,
+    st.text(max_size=8),
+)
+STRUCTURED_TOPIC = st.builds(
+    lambda head, file_id, levels: head + "/".join([file_id, *levels]),
+    # mostly commands (the random text covers everything else)
+    st.sampled_from(["$file/", "$file-async/"] * 4 + ["$file", "$file-asyncx/"]),
+    FILE_ID,
+    st.one_of(
+        # the shapes of the spec table, with good and bad numbers and checksums ...
+        st.sampled_from([["init"], ["abort"]]),
+        st.tuples(DIGITS).map(list),
+        st.tuples(DIGITS, HEXISH).map(list),
+        st.tuples(st.just("fin"), DIGITS).map(list),
+        st.tuples(st.just("fin"), DIGITS, HEXISH).map(list),
+        # ... and any levels
+        st.lists(TOPIC_LEVEL, max_size=4),
+    ),
+)
+
+
 @FUZZ
-@given(st.text(max_size=60))
+@given(st.one_of(st.text(max_size=60), STRUCTURED_TOPIC, STRUCTURED_TOPIC, STRUCTURED_TOPIC))
 def test_parse_random_text(topic: str) -> None:
-    with contextlib.suppress(errors.FtError):
-        parse_command(topic)
+    """Every topic means what the spec says: a refusal is the one the dispatch order predicts,
+    and an accepted command's fields are the topic's (fileId the second level, numbers the
+    decimal digits, checksums the 32 bytes of the hex) and round-trip through a topic rebuilt
+    from them."""
+    expected = oracle(topic)
+    try:
+        cmd = parse_command(topic)
+    except errors.FtError as exc:
+        assert type(exc) is expected, f"{topic!r}: {type(exc).__name__}, spec: {expected}"
+        assert exc.reason_code == 0x80
+        return
+    if expected is None:
+        assert cmd is None
+        return
+    assert cmd is not None and as_tuple(cmd) == expected, f"{topic!r}: {cmd}, spec: {expected}"
+    assert cmd.file_id == topic.split("/")[1]
+    again = parse_command(rebuild(cmd))
+    assert again == cmd
 
 
 @given(

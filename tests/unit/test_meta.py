@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -452,13 +451,290 @@ def test_roundtrip_through_canonical_json(
     assert again.to_json_obj() == m.to_json_obj()
 
 
-@given(st.binary(max_size=64))
+# An independent reading of docs/protocol.md §3, written from the text and sharing no code
+# with ftserver.meta: what a payload is (an error class, or the fields a FileMeta must have).
+# "JSON" is RFC 8259 JSON: the standard library's decoder with its extensions (the NaN and
+# Infinity literals, numbers beyond a double) turned off; numeric strings may have JSON
+# whitespace around the digits, as ftserver.meta documents.
+
+Expected = dict[str, Any] | type[errors.FtError]
+
+
+def _oracle_printable(cp: int) -> bool:
+    return (
+        0x20 <= cp <= 0x7E
+        or 0xA0 <= cp <= 0xD7FF
+        or 0xE000 <= cp <= 0xFFFD
+        or 0x10000 <= cp <= 0x10FFFF
+    )
+
+
+def _oracle_name(value: object) -> bool:
+    if not isinstance(value, str) or not all(_oracle_printable(ord(c)) for c in value):
+        return False
+    return (
+        0 < len(value.encode("utf-8")) <= 240
+        and value not in (".", "..")
+        and not any(c in value for c in "/\\:")
+    )
+
+
+def _oracle_uint(value: object, minimum: int) -> tuple[bool, int | None]:
+    """(valid, the integer or None when absent)."""
+    if value is None:
+        return True, None
+    if isinstance(value, str):
+        digits = value.strip(" \t\n\r")
+        if not digits or any(c not in "0123456789" for c in digits):
+            return False, None
+        value = int(digits)
+    if type(value) is not int or value < minimum:  # bool and float are not integers here
+        return False, None
+    return True, value
+
+
+def _oracle_utf8_able(value: object) -> bool:
+    """No lone surrogate anywhere (keys included): the value can be written as UTF-8."""
+    if isinstance(value, str):
+        return not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, list):
+        return all(_oracle_utf8_able(v) for v in value)
+    if isinstance(value, dict):
+        return all(_oracle_utf8_able(k) and _oracle_utf8_able(v) for k, v in value.items())
+    return True
+
+
+def oracle_object(obj: dict[str, Any]) -> Expected:
+    """The fields §3 gives a decoded JSON object (absent ones left out), or the error."""
+    out: dict[str, Any] = {}
+    if not _oracle_name(obj.get("name")):
+        return errors.InvalidFileMeta
+    out["name"] = obj["name"]
+    for key, minimum in (("size", 0), ("expire_at", 0), ("segments_ttl", 1)):
+        ok, number = _oracle_uint(obj.get(key), minimum)
+        if not ok:
+            return errors.InvalidFileMeta
+        if number is not None:
+            out[key] = number
+    checksum = obj.get("checksum")
+    if checksum is not None:
+        if not (
+            isinstance(checksum, str)
+            and len(checksum) == 64
+            and all(c in "0123456789abcdefABCDEF" for c in checksum)
+        ):
+            return errors.InvalidFileMeta
+        out["checksum"] = checksum.upper()
+    user_data = obj.get("user_data")
+    if user_data is not None:
+        if not _oracle_utf8_able(user_data):
+            return errors.InvalidFileMeta
+        out["user_data"] = user_data
+    return out
+
+
+def _not_json(literal: str) -> float:
+    raise ValueError(literal)
+
+
+def _double(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return value
+
+
+def oracle_payload(payload: bytes) -> Expected:
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text, parse_constant=_not_json, parse_float=_double)
+    except (ValueError, RecursionError):
+        return errors.InvalidFileMetaJson
+    if not isinstance(obj, dict):
+        return errors.InvalidFileMetaJson
+    return oracle_object(obj)
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def check_meaning(m: FileMeta, expected: dict[str, Any]) -> None:
+    """``m`` says what the input said, and normalising it again changes nothing."""
+    assert m.name == expected["name"]
+    assert m.size == expected.get("size")
+    assert m.checksum == expected.get("checksum")
+    assert m.expire_at == expected.get("expire_at")
+    assert m.segments_ttl == expected.get("segments_ttl")
+    assert m.has_user_data == ("user_data" in expected)
+    if m.has_user_data:  # kept as it is: same JSON, same types (1, 1.0 and true differ)
+        assert _canonical(m.user_data) == _canonical(expected["user_data"])
+    else:
+        assert m.user_data is None
+    obj = m.to_json_obj()
+    assert set(obj) == set(expected)  # null and absent are the same: left out
+    again = parse_filemeta(m.to_json_bytes())
+    assert again == m and hash(again) == hash(m)
+    assert again.to_json_bytes() == m.to_json_bytes()
+
+
+def check_against_oracle(payload: bytes, expected: Expected) -> None:
+    try:
+        m = parse_filemeta(payload)
+    except (errors.InvalidFileMetaJson, errors.InvalidFileMeta) as exc:
+        assert type(exc) is expected, f"{payload!r}: {type(exc).__name__}, spec: {expected}"
+        return
+    assert isinstance(expected, dict), f"{payload!r} accepted, spec: {expected}"
+    check_meaning(m, expected)
+
+
+def test_oracle_agrees_with_the_spec_examples() -> None:
+    """The oracle itself, on the spec's own examples (so that agreeing with it means
+    something)."""
+    assert oracle_payload(b"[]") is errors.InvalidFileMetaJson
+    assert oracle_payload(b'{"name": "a", "x": NaN}') is errors.InvalidFileMetaJson
+    assert oracle_payload(b'{"name": "a", "x": 1e400}') is errors.InvalidFileMetaJson
+    assert oracle_payload(b'\xef\xbb\xbf{"name": "a"}') is errors.InvalidFileMetaJson
+    assert oracle_payload(b'{"name": "a", "size": " 012 ", "checksum": null}') == {
+        "name": "a",
+        "size": 12,
+    }
+    assert oracle_payload(b'{"name": "a", "size": 12.0}') is errors.InvalidFileMeta
+    assert oracle_payload(b'{"name": "a", "segments_ttl": "0"}') is errors.InvalidFileMeta
+    assert oracle_payload(b'{"name": "a:b"}') is errors.InvalidFileMeta
+    assert oracle_object({"name": "é" * 120}) == {"name": "é" * 120}
+    assert oracle_object({"name": "é" * 121}) is errors.InvalidFileMeta
+    assert oracle_object({"name": "a", "user_data": ["\ud800"]}) is errors.InvalidFileMeta
+    assert oracle_object({"name": "a", "checksum": "aB" * 32}) == {
+        "name": "a",
+        "checksum": "AB" * 32,
+    }
+
+
+# each field: a valid value three times in four (else few objects would be accepted at all)
+GOOD_NAME = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\:"),
+    min_size=1,
+    max_size=20,
+) | st.sampled_from(["é" * 120, "a" * 240, "日本語.txt", "%2F", ". ", "\xa0", "..."])
+BAD_NAME = st.one_of(
+    st.text(max_size=6),
+    st.sampled_from([".", "..", "a/b", "a\\b", "C:", "\x7f", "\x85", "\ufffe", "\ud800"]),
+    st.sampled_from(["é" * 121, "a" * 241, ""]),
+    st.none() | st.booleans() | st.integers() | st.lists(st.just("a"), max_size=1),
+)
+#: around the digits of a numeric string: JSON whitespace, and now and then other whitespace
+#: (which the oracle refuses)
+PADDING = st.sampled_from(["", "", " ", "  ", "\t", "\n ", "\r", "\x0b", "\x0c", "\xa0"])
+GOOD_UINT = st.one_of(
+    st.integers(min_value=0, max_value=2**70),
+    st.sampled_from([0, 1, "0", "1", " 0 "]),
+    st.builds(
+        lambda before, zeros, n, after: f"{before}{'0' * zeros}{n}{after}",
+        PADDING,
+        st.integers(0, 3),
+        st.integers(0, 10**12),
+        PADDING,
+    ),
+    st.none(),
+)
+BAD_UINT = st.one_of(
+    st.integers(max_value=-1),
+    st.sampled_from(["", " ", "-1", "+1", "1e3", "1.5", "12.0", "0x10", "1_000", "1 2"]),
+    st.sampled_from(["１２", "١", "²", "\x0b1", "\x0c1"]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans() | st.lists(st.integers(0, 9), max_size=1),
+)
+GOOD_SUM = st.one_of(
+    st.binary(min_size=32, max_size=32).map(bytes.hex),
+    st.binary(min_size=32, max_size=32).map(lambda b: b.hex()[:20].upper() + b.hex()[20:]),
+    st.none(),
+)
+BAD_SUM = st.one_of(
+    st.sampled_from([0, 63, 65]).flatmap(
+        lambda n: st.text("0123456789abcdefABCDEF", min_size=n, max_size=n)
+    ),
+    st.text("0123456789abcdefg ", min_size=64, max_size=64),
+    st.integers() | st.lists(st.just("ab"), max_size=1),
+)
+BAD_USER_DATA = st.sampled_from(["\ud800", {"\udfff": 1}, ["ok", "\ud83d"]])
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``good`` three times in four (one_of would weigh every branch of both alike)."""
+    return st.sampled_from([True, True, True, False]).flatmap(lambda ok: good if ok else bad)
+
+
+FIELD_VALUES = {
+    "name": mostly(GOOD_NAME, BAD_NAME),
+    "size": mostly(GOOD_UINT, BAD_UINT),
+    "checksum": mostly(GOOD_SUM, BAD_SUM),
+    "expire_at": mostly(GOOD_UINT, BAD_UINT),
+    "segments_ttl": mostly(GOOD_UINT, BAD_UINT),
+    "user_data": mostly(JSON, BAD_USER_DATA),
+    "x": JSON | BAD_USER_DATA,  # an unknown key: whatever it holds does not matter
+}
+OBJECTS = st.one_of(
+    st.fixed_dictionaries(
+        {"name": FIELD_VALUES["name"]},
+        optional={k: v for k, v in FIELD_VALUES.items() if k != "name"},
+    ),
+    st.fixed_dictionaries({}, optional=FIELD_VALUES),
+)
+
+
+def _encode(obj: object, ascii_only: bool) -> bytes:
+    # surrogatepass: a lone surrogate written raw is bytes that are not UTF-8
+    return json.dumps(obj, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+ENCODED = st.builds(_encode, OBJECTS, st.booleans())
+PAYLOADS = mostly(
+    ENCODED,
+    st.one_of(
+        st.binary(max_size=64),
+        # damaged objects: cut short, a byte changed, something after the object
+        st.builds(
+            lambda raw, i: raw[: i % (len(raw) + 1)],
+            st.builds(_encode, OBJECTS, st.booleans()),
+            st.integers(0),
+        ),
+        st.builds(
+            lambda raw, i, byte: raw[: i % len(raw)] + bytes([byte]) + raw[i % len(raw) + 1 :],
+            st.builds(_encode, OBJECTS, st.booleans()),
+            st.integers(0),
+            st.integers(0, 255),
+        ),
+        st.builds(
+            lambda raw, tail: raw + tail,
+            st.builds(_encode, OBJECTS, st.just(True)),
+            st.sampled_from([b" x", b"}", b"\xef\xbb\xbf", b" \n"]),
+        ),
+        st.builds(lambda raw: b"\xef\xbb\xbf" + raw, st.builds(_encode, OBJECTS, st.just(True))),
+        # JSON that is not an object
+        st.builds(_encode, JSON.filter(lambda v: not isinstance(v, dict)), st.booleans()),
+        st.sampled_from(
+            [
+                b'{"name": "a", "x": NaN}',
+                b'{"name": "a", "x": -Infinity}',
+                b'{"name": "a", "x": 1e400}',
+            ]
+        ),
+    ),
+)
+
+
+@given(PAYLOADS)
 def test_random_payload_only_ft_errors(payload: bytes) -> None:
-    with contextlib.suppress(errors.InvalidFileMetaJson, errors.InvalidFileMeta):
-        parse_filemeta(payload)
+    """Any payload: refused with the class §3 predicts (invalid_filemeta_json for what is not
+    a JSON object, invalid_filemeta for a field that breaks its rule), or accepted as a
+    FileMeta that says what the payload said."""
+    check_against_oracle(payload, oracle_payload(payload))
 
 
-@given(st.dictionaries(st.sampled_from(["name", "size", "checksum", "user_data", "x"]), JSON))
+@given(OBJECTS)
 def test_random_objects_only_ft_errors(obj: dict[str, Any]) -> None:
-    with contextlib.suppress(errors.InvalidFileMeta):
-        parse_filemeta(json.dumps(obj).encode())
+    """Any JSON object: refused with invalid_filemeta exactly when a field breaks its rule;
+    otherwise name, size, checksum (upper-cased), expire_at, segments_ttl and user_data mean
+    what the object said, numeric strings read as integers, null counts as absent."""
+    check_against_oracle(_encode(obj, True), oracle_object(obj))
