@@ -518,8 +518,8 @@ class SessionCore:
         self._defer(session, p, topic, result)
 
     def _resolve_alias(self, alias: int, topic: str) -> str:
-        """The topic of a PUBLISH carrying a Topic Alias (MQTT 5 §3.3.2.3.4); an empty topic
-        without an alias is refused by the decoder."""
+        """The topic of a PUBLISH carrying a Topic Alias (MQTT 5 §3.3.2.3.4, applied as
+        §3.3.4 says; an empty topic without an alias is refused by the decoder)."""
         if not 0 < alias <= self.settings.topic_alias_maximum:
             raise ProtocolError(
                 R.TOPIC_ALIAS_INVALID, f"MQTT-3.3.2-8/9: topic alias {alias} invalid"
@@ -529,9 +529,7 @@ class SessionCore:
             return topic
         known = self._aliases.get(alias)
         if known is None:
-            raise ProtocolError(
-                R.PROTOCOL_ERROR, f"MQTT 5 §3.3.2.3.4: topic alias {alias} not defined"
-            )
+            raise ProtocolError(R.PROTOCOL_ERROR, f"MQTT 5 §3.3.4: topic alias {alias} not defined")
         return known
 
     def _defer(self, session: Session, p: Publish, topic: str, pending: Pending) -> None:
