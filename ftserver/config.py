@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from ftserver.mqtt.spec import MAX_PACKET_SIZE, MAX_U16, MAX_U32
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -63,12 +65,6 @@ KiB: Final = 1024
 MiB: Final = 1024 * KiB
 GiB: Final = 1024 * MiB
 
-#: largest MQTT packet the protocol can express (4-byte remaining length + fixed header)
-MQTT_MAX_PACKET: Final = 268_435_455 + 5
-#: largest value of a two-byte MQTT integer (Receive Maximum, Keep Alive, …)
-MQTT_MAX_U16: Final = 0xFFFF
-#: largest value of a four-byte MQTT integer (Session Expiry Interval)
-MQTT_MAX_U32: Final = 0xFFFF_FFFF
 #: largest file size a configuration may allow (offsets are signed 64-bit on disk)
 MAX_FILE_SIZE_CAP: Final = 2**63 - 1
 
@@ -295,7 +291,7 @@ class MqttConfig:
             "Largest keep-alive allowed; MQTT 5 clients asking more, or 0, get this as Server "
             "Keep Alive (MQTT 3.1.1 clients keep theirs); 0 disables the cap.",
             lo=0,
-            hi=MQTT_MAX_U16,
+            hi=MAX_U16,
         ),
     )
     receive_maximum: int = field(
@@ -305,7 +301,7 @@ class MqttConfig:
             "Receive Maximum announced to MQTT 5 clients: unacknowledged QoS 1/2 commands "
             "a client may have in flight.",
             lo=1,
-            hi=MQTT_MAX_U16,
+            hi=MAX_U16,
         ),
     )
     topic_alias_maximum: int = field(
@@ -314,7 +310,7 @@ class MqttConfig:
             "int",
             "Topic Alias Maximum announced to MQTT 5 clients; 0 disables topic aliases.",
             lo=0,
-            hi=MQTT_MAX_U16,
+            hi=MAX_U16,
         ),
     )
     session_expiry_max: int = field(
@@ -323,7 +319,7 @@ class MqttConfig:
             "seconds",
             "Longest session expiry interval granted; a client asking more gets this.",
             lo=0,
-            hi=MQTT_MAX_U32,
+            hi=MAX_U32,
         ),
     )
     connect_timeout: float = field(
@@ -408,7 +404,7 @@ class LimitsConfig:
             "size",
             "Largest MQTT packet accepted (announced as Maximum Packet Size); bounds a segment.",
             lo=1 * KiB,
-            hi=MQTT_MAX_PACKET,
+            hi=MAX_PACKET_SIZE,
         ),
     )
     max_file_size: int = field(
@@ -426,7 +422,7 @@ class LimitsConfig:
             "int",
             "Response documents sent at QoS 1 to one client and not yet acknowledged; more wait.",
             lo=1,
-            hi=MQTT_MAX_U16,
+            hi=MAX_U16,
         ),
     )
     max_connections: int = field(

@@ -30,6 +30,7 @@ from ftserver.http.api import ApiContext, build_app
 from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
+from ftserver.mqtt.settings import Access, MqttSettings
 from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
 
@@ -77,6 +78,7 @@ class Server:
         self.data_dir = Path(config.server.data_dir)
         self.store: TransferStore | None = None
         self.ctx: ServerContext | None = None
+        self.dispatcher: Dispatcher | None = None
         self._mqtt: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
         self._jobs: list[asyncio.Task[None]] = []
@@ -116,7 +118,10 @@ class Server:
             dispatcher.byte_rate = ByteRate(cfg.limits.client_byte_rate)
         if cfg.limits.staging_low_water:
             dispatcher.disk = DiskWatch(self.data_dir / "staging", cfg.limits.staging_low_water)
-        self.ctx = ServerContext(cfg, self.registry, dispatcher, on_event=meter.event)
+        self.dispatcher = dispatcher
+        self.ctx = ServerContext(
+            mqtt_settings(cfg), self.registry, dispatcher, on_event=meter.event
+        )
         self._secure(self.ctx)
         loop = asyncio.get_running_loop()
         ctx = self.ctx
@@ -169,15 +174,14 @@ class Server:
         workers = cfg.server.worker_count if self.worker_id is not None else 1
         ctx.admission = ConnectionCounter(limits.share(workers))
         sec = cfg.security
-        if sec.password_file:
-            ctx.passwords = PasswordFile(Path(sec.password_file))
         listeners = [cfg.mqtt.listen] + ([self._tls_listen] if self._tls_listen else [])
-        ctx.anonymous_ok = sec.allow_anonymous or all(
-            is_loopback_host(lst.host) for lst in listeners
+        ctx.access = Access(
+            passwords=PasswordFile(Path(sec.password_file)) if sec.password_file else None,
+            anonymous_ok=sec.allow_anonymous
+            or all(is_loopback_host(lst.host) for lst in listeners),
+            tls_identity=cfg.mqtt.tls_identity,
+            acl=Acl.load(Path(sec.acl_file)) if sec.acl_file else None,
         )
-        ctx.tls_identity = cfg.mqtt.tls_identity
-        if sec.acl_file:
-            ctx.acl = Acl.load(Path(sec.acl_file))
 
     async def _start_http(self) -> None:
         from ftserver import metrics
@@ -202,9 +206,9 @@ class Server:
                 log.exception("periodic job failed")
 
     def _flush_metrics(self) -> None:
-        assert self.ctx is not None
-        self.meter.received_bytes += self.ctx.dispatcher.received_bytes
-        self.ctx.dispatcher.received_bytes = 0
+        assert self.dispatcher is not None
+        self.meter.received_bytes += self.dispatcher.received_bytes
+        self.dispatcher.received_bytes = 0
         self.meter.flush()
 
     def _housekeeping(self) -> None:
@@ -298,6 +302,20 @@ class _StoreMetrics(StoreHooks):
         metrics.TRANSFERS_COMPLETED.inc()
         metrics.EXPORTED_BYTES.inc(info.size)
         metrics.EXPORT_SECONDS.observe(seconds)
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    """The protocol settings of the MQTT connections, from the configuration."""
+    mqtt = config.mqtt
+    return MqttSettings(
+        max_packet_size=config.limits.max_packet_size,
+        connect_timeout=mqtt.connect_timeout,
+        keepalive_max=mqtt.keepalive_max,
+        session_expiry_max=mqtt.session_expiry_max,
+        receive_maximum=mqtt.receive_maximum,
+        topic_alias_maximum=mqtt.topic_alias_maximum,
+        max_inflight_responses=config.limits.max_inflight_responses,
+    )
 
 
 def tls_context(config: Config) -> ssl.SSLContext:

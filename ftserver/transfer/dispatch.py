@@ -218,12 +218,13 @@ class Dispatcher:
         self.store.abort(client_id, cmd.file_id)
         return SUCCESS
 
-    def _late_fin(self, client_id: str, cmd: Fin) -> Outcome:
+    def _late_fin(self, client_id: str, cmd: Fin) -> Outcome | Awaitable[Outcome]:
         got = self.store.fin_prepare(client_id, cmd.file_id, cmd.size, cmd.checksum)
         if isinstance(got, ExportInfo):
             return SUCCESS
         # the export failed and the transfer is still staged: this fin tries again
-        raise _Retry(self.store.fin_export(got, cmd.size, cmd.checksum))
+        running = self.store.fin_export(got, cmd.size, cmd.checksum)
+        return self._await_export(running, cmd, time.perf_counter())
 
     async def _await_export(
         self, running: asyncio.Future[ExportInfo], cmd: Fin, started: float
@@ -241,16 +242,20 @@ class Dispatcher:
         return result
 
     async def _after_export(
-        self, running: asyncio.Future[ExportInfo], then: Callable[[], Outcome]
+        self,
+        running: asyncio.Future[ExportInfo],
+        then: Callable[[], Outcome | Awaitable[Outcome]],
     ) -> Outcome:
-        """Wait for the running export (whatever its result), then run the command."""
+        """Wait for the running export (whatever its result), then run the command; a fin
+        whose transfer is still staged then (the export failed) exports again and waits."""
         await asyncio.wait([running])
         try:
-            return then()
-        except _Retry as retry:
-            return await self._await_export(retry.export, Fin("", 0), time.perf_counter())
+            result = then()
         except Exception as exc:
             return outcome_of(exc, what="command after an export")
+        if isinstance(result, Outcome):
+            return result
+        return await result
 
     async def _when_free(
         self, client_id: str, cmd: Command, payload: bytes, ready: Awaitable[object] | None
@@ -286,6 +291,23 @@ class Dispatcher:
         except TimeoutError:
             return outcome_of(AssembleTimeout())
 
+    # -- durability --------------------------------------------------------------------------
+
+    @property
+    def group_commit_due(self) -> bool:
+        """Whether the acknowledgements of the current batch wait for a group commit (sync
+        durability, with records written since the last one): :meth:`group_commit`."""
+        return self.store.durability == "sync" and self.store.needs_commit
+
+    def commit(self) -> None:
+        """Make the current batch as durable as the mode asks for at no wait (fast durability:
+        the journal records written), before it is acknowledged."""
+        self.store.commit()
+
+    async def group_commit(self) -> None:
+        """Sync durability: data, then journal records flushed (one commit for the batch)."""
+        await self.store.commit_sync()
+
     # -- response documents ------------------------------------------------------------------
 
     def respond(
@@ -315,9 +337,3 @@ class Dispatcher:
             props["correlation_data"] = correlation_data
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         self.registry.route(target, payload, props)
-
-
-class _Retry(Exception):
-    def __init__(self, export: asyncio.Future[ExportInfo]) -> None:
-        super().__init__()
-        self.export = export
