@@ -105,7 +105,7 @@ class Publish:
     properties carry a ``topic_alias``; the session resolves aliases, not the codec.
 
     A decoded ``payload`` is a memoryview into the decoder's receive buffer: see
-    :class:`ftserver.mqtt.codec.Decoder` for how long it stays valid.
+    :class:`ftserver.mqtt.decoder.Decoder` for how long it stays valid.
     """
 
     topic: str

@@ -106,8 +106,6 @@ SENT_BY_SERVER: Final = frozenset(
         PacketType.AUTH,
     }
 )
-#: Packet types that exist only in MQTT 5.
-V5_ONLY: Final = frozenset({PacketType.AUTH})
 
 
 class ReasonCode(enum.IntEnum):
