@@ -160,6 +160,8 @@ cdef class SegmentPath:
             else:
                 break  # incomplete header, or a fifth length byte
             hdr = p - pos
+            if hdr > 2 and b[p - 1] == 0:
+                break  # not the shortest encoding (MQTT-1.5.5-1): malformed, the decoder says so
             total = hdr + rl
             if total > end - pos or total > self.max_packet_size:
                 break

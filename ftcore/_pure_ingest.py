@@ -67,6 +67,8 @@ class SegmentPath:
             p += 1
             if not b[p - 1] & 0x80:
                 break
+        if p - pos > 2 and b[p - 1] == 0:
+            return 0  # not the shortest encoding (MQTT-1.5.5-1)
         total = p - pos + rl
         if total > end - pos or total > self.max_packet_size or rl < 2:
             return 0

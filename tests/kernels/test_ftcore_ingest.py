@@ -122,6 +122,8 @@ STOPPERS = {
     "packet id 0": lambda: publish("$file/f1/10", b"y" * 5, 0),
     "too large packet": lambda: publish("$file/f1/" + "0" * 18 + "10", b"y" * 40, 7),
     "other packet": lambda: b"\xc0\x00",  # PINGREQ
+    # Remaining Length 21 written in two bytes: malformed (MQTT-1.5.5-1), the decoder's case
+    "long length": lambda: b"\x32\x95\x00" + publish("$file/f1/10", b"y" * 5, 7)[2:],
 }
 
 
