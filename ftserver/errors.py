@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,6 +149,18 @@ class TransferBusy(Pause):
         self.ready = ready
 
 
+class ServerBusy(Pause):
+    """The server is out of a resource it sizes itself (descriptors: the cache of open
+    transfers is full of transfers in flight, or the process hit ``EMFILE``): nothing is
+    wrong with the command, resend it later."""
+
+    default_description = "server_busy"
+
+
+#: the errnos that mean "this process (or the system) has no descriptor left"
+NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE})
+
+
 class StorageFull(Pause):
     default_description = "storage_full"
     http_status = 507
@@ -170,7 +183,38 @@ def storage_errors() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno in NO_DESCRIPTOR:
+            raise ServerBusy() from exc
         raise StorageError.from_oserror(exc) from exc
+
+
+class RateLimitedLog:
+    """Log one kind of event at most once per ``interval`` seconds: the first at once, then
+    a line saying how many more happened meanwhile. A flood of refusals (a fleet reconnecting
+    at once) stays visible without drowning the log."""
+
+    def __init__(self, logger: logging.Logger, level: int, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        self._last = now
+        if self._suppressed:
+            msg += " (and %d more like it in the last %.0f s)"
+            args = (*args, self._suppressed, self.interval)
+            self._suppressed = 0
+        self.logger.log(self.level, msg, *args)
+
+
+_busy_log = RateLimitedLog(log, logging.WARNING)
+_client_log = RateLimitedLog(log, logging.INFO)
 
 
 # -- the boundary ------------------------------------------------------------------------------
@@ -202,7 +246,15 @@ def outcome_of(
     transfer's identifiers, and answered 0x80 ``internal_error``.
     """
     if isinstance(exc, FtError):
-        if isinstance(exc, StorageError):
+        if isinstance(exc, ServerBusy):
+            _busy_log(
+                "%s for client %r file %r: server_busy (%s); the client will resend it",
+                what,
+                client_id,
+                file_id,
+                exc.__cause__ or "no room for one more open transfer",
+            )
+        elif isinstance(exc, StorageError):
             log.warning(
                 "%s for client %r file %r failed: storage error %s (%s)",
                 what,
@@ -210,6 +262,10 @@ def outcome_of(
                 file_id,
                 exc.description,
                 exc.cause or exc.__cause__,
+            )
+        elif exc.reason_code == CommandError.reason_code:
+            _client_log(
+                "%s for client %r file %r refused: %s", what, client_id, file_id, exc.description
             )
         return Outcome(exc.reason_code, exc.description, dict(exc.extra))
     log.error(

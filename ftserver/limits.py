@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ftserver.errors import QuotaExceeded, StorageFull
@@ -44,6 +45,70 @@ class Limits:
             self.client_byte_rate,
             self.staging_low_water,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptors:
+    """How one process shares out its descriptors (``RLIMIT_NOFILE``), chosen at start.
+
+    A connection holds one (its socket), an open transfer one (its data file, which also
+    holds its lock; the journal is opened per write). The headroom is for everything else:
+    listeners, logs, the metric files, and the short-lived descriptors of exports, journal
+    writes, directory flushes and recoveries running in threads."""
+
+    #: the soft limit in force (after raising it to the hard limit)
+    nofile: int
+    #: what the soft limit was before
+    was: int
+    #: connections this process accepts at once
+    connections: int
+    #: transfers this process keeps open at once (the store's cache)
+    open_transfers: int
+    #: descriptors kept for everything else
+    headroom: int
+
+    def describe(self) -> str:
+        raised = f" (raised from {self.was})" if self.was != self.nofile else ""
+        return (
+            f"descriptors: limit {self.nofile}{raised}; this process accepts at most "
+            f"{self.connections} connections and keeps at most {self.open_transfers} "
+            f"transfers open, {self.headroom} kept for listeners, logs and exports"
+        )
+
+
+#: descriptors always kept aside, whatever the limit
+HEADROOM_MIN = 64
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns (before, now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
+def size_descriptors(nofile: int, was: int, max_connections: int) -> Descriptors:
+    """Share ``nofile`` descriptors out: the headroom first (1/32 of the limit, at least
+    :data:`HEADROOM_MIN`), then half of the rest for connections (fewer when the configured
+    ``max_connections``, this process's share, is lower) and the rest for open transfers."""
+    headroom = max(HEADROOM_MIN, nofile // 32)
+    usable = max(nofile - headroom, 2)
+    connections = usable // 2
+    if max_connections:
+        connections = min(connections, max_connections)
+    return Descriptors(nofile, was, connections, usable - connections, headroom)
+
+
+def within(limits: Limits, descriptors: Descriptors) -> Limits:
+    """``limits`` with the connection limit no higher than the descriptors allow."""
+    return replace(limits, max_connections=descriptors.connections)
 
 
 class ConnectionCounter:

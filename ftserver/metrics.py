@@ -86,6 +86,12 @@ TRANSFERS_FAILED = Counter(
     "Fin commands that failed, by reason description.",
     ["reason"],
 )
+OPEN_TRANSFERS_CLOSED = Counter(
+    "ftserver_open_transfers_closed_total",
+    "Open transfers closed to free their descriptor (reopened from disk when needed), by why: "
+    "cache_full (the bounded cache of open transfers made room for another).",
+    ["why"],
+)
 TRANSFERS_ABORTED = Counter("ftserver_transfers_aborted_total", "Transfers discarded by abort.")
 TRANSFERS_EXPIRED = Counter(
     "ftserver_transfers_expired_total",
@@ -155,7 +161,7 @@ WORKERS_UP = Gauge(
 LIMIT_HITS = Counter(
     "ftserver_limit_hits_total",
     "Commands refused by a limit or quota (file_too_large, too_many_transfers, quota_exceeded, "
-    "storage_full).",
+    "storage_full, server_busy).",
     ["limit"],
 )
 
@@ -179,6 +185,7 @@ ALL = [
     COMMANDS,
     INVALID_QOS,
     LIMIT_HITS,
+    OPEN_TRANSFERS_CLOSED,
     SEGMENT_SECONDS,
     FIN_SECONDS,
     EXPORT_SECONDS,
@@ -191,7 +198,7 @@ ALL = [
 
 #: outcome descriptions that mean a limit or quota was hit
 LIMIT_OUTCOMES = frozenset(
-    {"file_too_large", "too_many_transfers", "quota_exceeded", "storage_full"}
+    {"file_too_large", "too_many_transfers", "quota_exceeded", "storage_full", "server_busy"}
 )
 
 

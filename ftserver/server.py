@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import ssl
 import sys
 import time
@@ -27,7 +26,16 @@ from ftserver.config import Config, HostPort, host_port, is_loopback_host
 from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
-from ftserver.limits import ByteRate, ConnectionCounter, DiskWatch, Limits
+from ftserver.limits import (
+    ByteRate,
+    ConnectionCounter,
+    Descriptors,
+    DiskWatch,
+    Limits,
+    raise_nofile,
+    size_descriptors,
+    within,
+)
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
@@ -44,14 +52,6 @@ IDLE_CLOSE = 60.0
 METRICS_INTERVAL = 1.0
 #: how long a shutdown waits for running exports (held fins) before closing connections
 SHUTDOWN_GRACE = 10.0
-
-
-def raise_fd_limit() -> None:
-    """Use the hard limit of open files: every transfer keeps two descriptors open."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Server:
@@ -88,7 +88,7 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
-        raise_fd_limit()
+        self.descriptors = self._size_descriptors()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         from ftserver import metrics  # only now: the multiprocess setting is in the env
 
@@ -101,6 +101,7 @@ class Server:
             idle_close=IDLE_CLOSE,
             hooks=_StoreMetrics(),
             max_transfers_per_client=cfg.limits.max_transfers_per_client,
+            max_open=self.descriptors.open_transfers,
             exporter=make_exporter(cfg.export, self.data_dir),
         )
         dispatcher = Dispatcher(
@@ -160,6 +161,20 @@ class Server:
             interval = cfg.transfer.segments_gc_interval
             self._jobs.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
 
+    @property
+    def _workers(self) -> int:
+        return self.config.server.worker_count if self.worker_id is not None else 1
+
+    def _size_descriptors(self) -> Descriptors:
+        """Raise the descriptor limit to the hard one and share it out (one log line)."""
+        was, nofile = raise_nofile()
+        share = self.config.limits.max_connections
+        if share and self._workers > 1:
+            share = -(-share // self._workers)
+        chosen = size_descriptors(nofile, was, share)
+        log.info("%s", chosen.describe())
+        return chosen
+
     def _secure(self, ctx: ServerContext) -> None:
         """Limits and authentication of the MQTT listeners (issue 8, SECURITY.md)."""
         cfg = self.config
@@ -171,8 +186,7 @@ class Server:
             lim.client_byte_rate,
             lim.staging_low_water,
         )
-        workers = cfg.server.worker_count if self.worker_id is not None else 1
-        ctx.admission = ConnectionCounter(limits.share(workers))
+        ctx.admission = ConnectionCounter(within(limits.share(self._workers), self.descriptors))
         sec = cfg.security
         listeners = [cfg.mqtt.listen] + ([self._tls_listen] if self._tls_listen else [])
         ctx.access = Access(
@@ -302,6 +316,11 @@ class _StoreMetrics(StoreHooks):
         metrics.TRANSFERS_COMPLETED.inc()
         metrics.EXPORTED_BYTES.inc(info.size)
         metrics.EXPORT_SECONDS.observe(seconds)
+
+    def evicted(self) -> None:
+        from ftserver import metrics
+
+        metrics.OPEN_TRANSFERS_CLOSED.labels("cache_full").inc()
 
 
 def mqtt_settings(config: Config) -> MqttSettings:

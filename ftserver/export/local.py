@@ -14,6 +14,7 @@ loop nor the executor that exports run in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import hashlib
@@ -40,7 +41,6 @@ from ftserver.export.base import (
 )
 from ftserver.export.layout import MANIFEST_SUFFIX, manifest_bytes, parse_manifest
 from ftserver.meta import FileMeta, JsonValue, filemeta_from_obj
-from ftserver.storage.journal import fsync_dir
 
 T = TypeVar("T")
 
@@ -116,29 +116,82 @@ class LocalExporter:
     def export_blocking(
         self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
     ) -> ExportInfo:
-        """:meth:`export`, blocking (renames and fsyncs)."""
+        """:meth:`export`, blocking (renames and fsyncs).
+
+        Every descriptor it needs is opened before the rename: once the file has moved, only
+        a failure of the disk itself (not a lack of descriptors) can stop the manifest, so a
+        file is not left exported-but-unreported by a busy process. Run again after such a
+        failure it finishes the job (the file already in place is kept)."""
         d = self.transfer_dir(client_id, file_id)
         d.mkdir(parents=True, exist_ok=True)
         target = d / meta.name
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                try:
+                    self._move(data_path, target, d)
+                except BaseException:
+                    os.close(fd)
+                    fd = -1
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+                size = os.stat(target).st_size
+                self._write_manifest_at(fd, tmp, dir_fd, d, client_id, file_id, meta, checksum)
+                fd = -1
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        finally:
+            os.close(dir_fd)
+        return ExportInfo(client_id, file_id, meta, size, checksum, target)
+
+    @staticmethod
+    def _move(data_path: Path, target: Path, d: Path) -> None:
+        """Move the staging file to ``target`` (a copy across filesystems)."""
         try:
             os.replace(data_path, target)
+        except FileNotFoundError:
+            if not target.exists():
+                raise
+            return  # moved by an earlier attempt whose manifest failed: finish that one
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             # exports on another filesystem: copy, flush, then drop the staging file
-            tmp = d / f".ftserver-{secrets.token_hex(8)}.part"  # names may be 240 bytes
-            shutil.copyfile(data_path, tmp)
-            with open(tmp, "rb+") as f:
+            part = d / f".ftserver-{secrets.token_hex(8)}.part"  # names may be 240 bytes
+            shutil.copyfile(data_path, part)
+            with open(part, "rb+") as f:
                 os.fdatasync(f.fileno())
-            os.replace(tmp, target)
+            os.replace(part, target)
             os.unlink(data_path)
-        size = os.stat(target).st_size
-        self.write_manifest(d, client_id, file_id, meta, checksum)
-        return ExportInfo(client_id, file_id, meta, size, checksum, target)
 
     def write_manifest(
         self, d: Path, client_id: str, file_id: str, meta: FileMeta, checksum: str
     ) -> None:
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self._write_manifest_at(fd, tmp, dir_fd, d, client_id, file_id, meta, checksum)
+        finally:
+            os.close(dir_fd)
+
+    @staticmethod
+    def _write_manifest_at(
+        fd: int,
+        tmp: Path,
+        dir_fd: int,
+        d: Path,
+        client_id: str,
+        file_id: str,
+        meta: FileMeta,
+        checksum: str,
+    ) -> None:
+        """Write the manifest through ``fd`` (open on ``tmp``, closed here), rename it into
+        place and flush the directory through ``dir_fd``."""
         extra: dict[str, JsonValue] = {
             "clientid": client_id,
             "fileid": file_id,
@@ -147,16 +200,13 @@ class LocalExporter:
         if meta.checksum is not None:
             extra[INIT_CHECKSUM_KEY] = meta.checksum
         body = manifest_bytes(meta, checksum, extra)
-        final = d / (meta.name + MANIFEST_SUFFIX)
-        tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, body)
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
-        fsync_dir(d)
+        os.replace(tmp, d / (meta.name + MANIFEST_SUFFIX))
+        os.fsync(dir_fd)
 
     # -- what the HTTP API reads -------------------------------------------------------------
 

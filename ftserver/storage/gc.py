@@ -15,9 +15,20 @@ from pathlib import Path
 
 from ftserver.errors import FtError, TransferBusy
 from ftserver.meta import FileMeta
-from ftserver.storage.staging import JOURNAL, Gone, lock_dir, read_meta, remove, staged_dirs
+from ftserver.storage.staging import (
+    JOURNAL,
+    Gone,
+    collect_tmp,
+    lock_dir,
+    read_meta,
+    remove,
+    staged_dirs,
+)
 
-__all__ = ["collect_expired"]
+__all__ = ["TMP_AGE", "collect_expired"]
+
+#: a staging directory still being built after this many seconds was left by a crash
+TMP_AGE = 3600.0
 
 
 def collect_expired(
@@ -31,6 +42,7 @@ def collect_expired(
     ``skip`` (open in this process: the store expires them itself) and those another
     process holds. Returns how many were deleted. Blocking."""
     removed = 0
+    collect_tmp(staging, now, TMP_AGE)  # what a crash left half built
     for d in staged_dirs(staging):
         if d in skip:
             continue

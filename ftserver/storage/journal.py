@@ -133,9 +133,14 @@ class Journal:
     Records are buffered by :meth:`add` and written by :meth:`write` in one ``write(2)``; the
     caller writes before it acknowledges (a crash of the process then loses nothing it
     acknowledged) and, in durability ``sync``, also calls :meth:`sync`.
+
+    It holds no descriptor between writes: each batch opens the file ``O_APPEND``, writes and
+    closes it (a few microseconds, against a batch of segments). A fleet of idle transfers
+    then costs no descriptors for its journals (docs/architecture.md, "Memory and
+    descriptors"); a descriptor kept per journal was one of four per uploading device.
     """
 
-    __slots__ = ("_fd", "_pending", "path", "size")
+    __slots__ = ("_pending", "path", "size")
 
     def __init__(self, path: Path, *, valid_length: int | None = None) -> None:
         self.path = path
@@ -149,10 +154,8 @@ class Journal:
             if size == 0:
                 _write_all(fd, HEADER)
                 size = len(HEADER)
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
-        self._fd = fd
         self.size = size
 
     @property
@@ -174,31 +177,42 @@ class Journal:
         self._pending.clear()
         self._append(data)
 
-    def write_records(self, records: list[bytes]) -> None:
+    def write_records(self, records: list[bytes], *, sync: bool = False) -> None:
         """Write ``records`` now, leaving the buffer alone: a group commit writes exactly the
         batch whose data it flushed, from its worker thread, while the event loop keeps
-        buffering newer records (whose data was not flushed) with :meth:`add`."""
+        buffering newer records (whose data was not flushed) with :meth:`add`. With ``sync``
+        the journal is flushed too (through the same descriptor)."""
         if records:
-            self._append(b"".join(records))
+            self._append(b"".join(records), sync=sync)
+        elif sync:
+            self.sync()
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes, *, sync: bool = False) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            _write_all(self._fd, data)
-        except OSError:
-            # a short write (disk full) left part of a record behind: cut it, or every record
-            # appended later would sit behind a torn one and be lost to the reader
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.size)
-            raise
-        self.size += len(data)
+            try:
+                _write_all(fd, data)
+            except OSError:
+                # a short write (disk full) left part of a record behind: cut it, or every
+                # record appended later would sit behind a torn one and be lost to the reader
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self.size)
+                raise
+            self.size += len(data)
+            if sync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def sync(self) -> None:
-        os.fdatasync(self._fd)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        """Nothing to release (no descriptor is held); kept for the callers' symmetry."""
 
     def compact(self, state: bytes) -> None:
         """Replace the journal by a ``CHECKPOINT`` of ``state`` (an ``ftcore.Assembler``
@@ -228,8 +242,6 @@ class Journal:
             os.close(fd)
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
-        self.close()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self.size = len(data)
 
 

@@ -8,16 +8,24 @@ One directory per transfer (docs/architecture.md, "State on disk")::
         journal   what ``data`` holds (:mod:`ftserver.storage.journal`)
 
 A transfer is open in one process at a time: that process holds an exclusive ``flock`` on
-its directory (:func:`lock_dir`). The kernel drops the lock when the descriptor closes or
-the process dies, so a crash, a handover to another worker and a restart need no clean-up.
-Everything here is blocking filesystem work, with no policy: the store decides when.
+the descriptor of its ``data`` file (:func:`lock_dir`), the very descriptor the segments are
+written through, so an open transfer costs one descriptor. The kernel drops the lock when
+the descriptor closes or the process dies, so a crash, a handover to another worker and a
+restart need no clean-up. A directory is born whole (:func:`create` builds it under
+``staging/.tmp`` and renames it into place), so a staging directory without its ``data``
+file is one whose export moved the file away: its holder then also locks the journal
+(:func:`lock_journal`) until the directory is removed, and a process that finds the data
+file missing locks the journal instead. Everything here is blocking filesystem work, with
+no policy: the store decides when.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -26,16 +34,20 @@ import ftcore
 from ftserver.errors import TransferBusy, storage_errors
 from ftserver.meta import FileMeta, parse_filemeta
 from ftserver.names import esc
-from ftserver.storage.journal import Journal, fsync_dir
+from ftserver.storage.journal import HEADER, Journal, fsync_dir
 
 __all__ = [
     "DATA",
     "JOURNAL",
     "META",
     "STAGING",
+    "TMP",
     "Gone",
+    "adopt_lock",
+    "collect_tmp",
     "create",
     "lock_dir",
+    "lock_journal",
     "read_meta",
     "remove",
     "staged_count",
@@ -53,6 +65,8 @@ STAGING = "staging"
 META = "meta"
 DATA = "data"
 JOURNAL = "journal"
+#: where new staging directories are built before they are renamed into place
+TMP = ".tmp"
 
 
 def staging_bucket(client_id: str) -> str:
@@ -98,19 +112,27 @@ class Gone(Exception):
 def lock_dir(d: Path) -> int:
     """Lock a staging directory for this process; returns the descriptor holding the lock.
 
+    That is a read-write descriptor of its ``data`` file (the caller may hand it to the
+    assembler, see :func:`adopt_lock`); when the data file is gone (moved by an export
+    whose process then died, or that still runs) it is the journal's, read-only.
+
     Raises :class:`TransferBusy` when another process (or another descriptor of this one)
     holds it, :class:`Gone` when the directory is not there (any more: its previous holder
     exported or aborted the transfer meanwhile; look again), ``OSError`` when it cannot be
-    opened.
+    opened (``EMFILE`` included: the caller decides what a missing descriptor means).
     """
+    path = d / DATA
     try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise Gone() from None
+        path = d / JOURNAL
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Gone() from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 0:
-            raise Gone()
+        _check_linked(fd, path)
     except BlockingIOError:
         os.close(fd)
         raise TransferBusy() from None
@@ -120,38 +142,117 @@ def lock_dir(d: Path) -> int:
     return fd
 
 
-def create(d: Path, *, sync: bool) -> tuple[int, ftcore.Assembler, Journal]:
-    """Make (or take) the staging directory ``d`` of a new transfer, lock it and open its data
-    file and journal: (lock descriptor, assembler, journal). With ``sync`` the journal and the
-    new directory entries are on stable storage before it returns.
+def _check_linked(fd: int, path: Path) -> None:
+    """Raise :class:`Gone` unless the locked file is still the one at ``path``: its holder
+    may have removed (``st_nlink`` 0) or moved it (an export) while we waited."""
+    st = os.fstat(fd)
+    if st.st_nlink == 0:
+        raise Gone()
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        raise Gone() from None
+    if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+        raise Gone()
 
-    Raises :class:`TransferBusy` (locked elsewhere) or ``StorageError``.
+
+def lock_journal(d: Path) -> int:
+    """Also lock the journal of a staging directory whose data file this process holds,
+    before an export moves that file away; returns the descriptor (close it after the
+    directory is removed). Raises :class:`TransferBusy` or ``OSError``."""
+    fd = os.open(d / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TransferBusy() from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def adopt_lock(lock: int, asm: ftcore.Assembler) -> bool:
+    """Make the assembler's descriptor the one holding ``lock`` when both are the data file:
+    the assembler's own descriptor is replaced by the locked one (``dup2``, close-on-exec
+    kept) and ``lock`` is closed. Returns whether it did (else ``lock`` stays as it was)."""
+    fd = asm.file.fileno()
+    a, b = os.fstat(lock), os.fstat(fd)
+    if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):
+        return False
+    os.dup2(lock, fd, inheritable=False)
+    os.close(lock)
+    return True
+
+
+def create(d: Path, *, sync: bool) -> tuple[ftcore.Assembler, Journal]:
+    """Make the staging directory ``d`` of a new transfer, locked by this process, with its
+    data file and journal open: (assembler, journal). The lock is held by the assembler's
+    descriptor (closing the assembler releases it). The directory is built under
+    ``staging/.tmp`` and renamed into place, so nobody ever sees it without its data file.
+    With ``sync`` the journal and the new directory entries are on stable storage before it
+    returns.
+
+    Raises :class:`TransferBusy` (``d`` exists already: another process made it meanwhile;
+    look again) or ``StorageError``.
     """
     with storage_errors():
-        for _attempt in range(3):
-            d.mkdir(parents=True, exist_ok=True)
-            try:
-                lock = lock_dir(d)
-            except Gone:
-                continue  # removed between mkdir and lock: make it again
-            break
-        else:
-            raise TransferBusy()
+        root = d.parent.parent.parent
+        tmp = root / TMP / secrets.token_hex(8)
         try:
-            asm = ftcore.Assembler(d / DATA)
+            tmp.mkdir()
+        except FileNotFoundError:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        asm: ftcore.Assembler | None = None
+        try:
+            asm = ftcore.Assembler(tmp / DATA)
+            fcntl.flock(asm.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: free
+            fd = os.open(tmp / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                journal = Journal(d / JOURNAL)
+                os.write(fd, HEADER)
                 if sync:
-                    journal.sync()
-                    for p in (d, d.parent, d.parent.parent):
-                        fsync_dir(p)
-            except BaseException:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if sync:
+                fsync_dir(tmp)
+            try:
+                os.rename(tmp, d)
+            except FileNotFoundError:
+                d.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, d)
+        except BaseException as exc:
+            if asm is not None:
                 asm.close()
-                raise
-        except BaseException:
-            os.close(lock)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TransferBusy() from None
             raise
-    return lock, asm, journal
+        if sync:
+            for p in (d.parent, d.parent.parent):
+                fsync_dir(p)
+        journal = Journal(d / JOURNAL)
+    return asm, journal
+
+
+def collect_tmp(staging: Path, now: float, age: float) -> int:
+    """Remove what a crash left under ``staging/.tmp`` (directories being built) older than
+    ``age`` seconds; returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(staging / TMP))
+    except FileNotFoundError:
+        return 0
+    for e in entries:
+        try:
+            if now - e.stat(follow_symlinks=False).st_mtime <= age:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(e.path, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def staged_count(staging: Path, client_id: str) -> int:

@@ -175,6 +175,8 @@ class Dispatcher:
             return self._segment(client_id, cmd, view)
         if isinstance(cmd, Init):
             meta = parse_filemeta(payload)
+            if meta.size is not None:  # a file declared larger than the limit never fits
+                check_file_size(self.max_file_size, meta.size, 0)
             running = store.export_running(client_id, cmd.file_id)
             if running is not None:
                 return Deferred(

@@ -11,6 +11,13 @@ Recovery can read up to the whole data file, so it runs in an executor thread: t
 that needs it gets ``TransferBusy(ready=<that recovery>)`` and the dispatcher runs it again
 once the transfer is installed (or tells it the recovery's error).
 
+An open transfer holds one descriptor: its data file's, which also holds the lock that
+keeps it open in this process only (:mod:`ftserver.storage.staging`); its journal is opened
+per batch write. Open transfers live in a bounded cache (``max_open``, sized by the server
+from ``RLIMIT_NOFILE``): when it is full, the least recently used transfer that has nothing
+in flight is closed (its journal written; it is reopened from disk the next time a command
+names it), and when none can be, the command is told ``server_busy`` (0x97, resend later).
+
 The store raises ``FtError`` subclasses; turning them into reason codes is the dispatcher's
 business. Blocking work that can grow with the file (flushes, exports, re-reads) runs in an
 executor thread; per-segment work (a ``pwrite`` into the page cache, BLAKE3 of the segment,
@@ -38,6 +45,7 @@ from ftserver.errors import (
     FileMetaConflict,
     FtError,
     Incomplete,
+    ServerBusy,
     StorageError,
     TooManyTransfers,
     TransferBusy,
@@ -105,7 +113,8 @@ class Transfer:
         #: bytes written since the last flush (fast durability)
         self.unflushed = 0
         self._checkpointing: asyncio.Future[None] | None = None
-        #: the lock on the staging directory: the transfer is open in this process only
+        #: a lock descriptor besides the assembler's (whose data-file descriptor holds the
+        #: transfer's lock): the journal's during an export, which moves the data file away
         self.lock_fd = lock_fd
         #: the client went to another worker: close this transfer once its export ends
         self.close_after_export = False
@@ -146,6 +155,9 @@ class StoreHooks:
     def exported(self, info: ExportInfo, seconds: float) -> None:
         """A file was exported."""
 
+    def evicted(self) -> None:
+        """An open transfer was closed to make room for another (the cache was full)."""
+
 
 class TransferStore:
     """Every transfer of this process, keyed by (clientId, fileId)."""
@@ -162,6 +174,7 @@ class TransferStore:
         exporter: Exporter | None = None,
         hooks: StoreHooks | None = None,
         max_transfers_per_client: int = 0,
+        max_open: int = 0,
     ) -> None:
         self.staging = staging.staging_root(data_dir)
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -174,6 +187,12 @@ class TransferStore:
         self.idle_close = idle_close
         self.hooks = hooks or StoreHooks()
         self.max_transfers_per_client = max_transfers_per_client
+        #: transfers open at once in this process (0: no bound); each holds one descriptor
+        self.max_open = max_open
+        #: how many were closed to make room, and how many commands found no room at all
+        self.evicted = 0
+        self.busy = 0
+        #: the open transfers, least recently used first
         self._open: dict[Key, Transfer] = {}
         self._exported: OrderedDict[Key, ExportInfo] = OrderedDict()
         self._exports: dict[Key, asyncio.Future[ExportInfo]] = {}
@@ -198,8 +217,9 @@ class TransferStore:
         first after a failed recovery gets its error.
         """
         key = (client_id, file_id)
-        t = self._open.get(key)
+        t = self._open.pop(key, None)
         if t is not None:
+            self._open[key] = t  # the most recently used now
             return t
         recovering = self._recovering.get(key)
         if recovering is not None:
@@ -218,6 +238,7 @@ class TransferStore:
             del self._exported[key]  # deleted (HTTP API, expire_at) since: look again
         d = self.staging_dir(client_id, file_id)
         if d.is_dir():
+            self._make_room()
             try:
                 with storage_errors():
                     lock = staging.lock_dir(d)
@@ -242,10 +263,35 @@ class TransferStore:
         if limit and staging.staged_count(self.staging, client_id) >= limit:
             raise TooManyTransfers()
         d = self.staging_dir(client_id, file_id)
-        lock, asm, journal = staging.create(d, sync=self.durability == "sync")
-        t = Transfer(client_id, file_id, d, asm, journal, None, lock)
+        self._make_room()
+        asm, journal = staging.create(d, sync=self.durability == "sync")
+        t = Transfer(client_id, file_id, d, asm, journal, None, -1)
         self._open[t.key] = t
         return t
+
+    def _make_room(self) -> None:
+        """Make room in the cache of open transfers for one more: close the least recently
+        used one with nothing in flight, or raise ``ServerBusy`` when none can be closed."""
+        if not self.max_open:
+            return
+        pending = sum(1 for f in self._recovering.values() if not f.done())
+        if len(self._open) + pending < self.max_open:
+            return
+        for t in self._open.values():
+            if t.key in self._exports or t._checkpointing is not None or t.key in self._dirty:
+                continue
+            self._evict(t)
+            return
+        self.busy += 1
+        raise ServerBusy()
+
+    def _evict(self, t: Transfer) -> None:
+        """Close an open transfer to free its descriptor. No flush: its journal is written
+        and recovery reopens it from there (checking unflushed ranges as after a crash)."""
+        self._open.pop(t.key, None)
+        self.evicted += 1
+        self.hooks.evicted()
+        t.close()
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -343,9 +389,8 @@ class TransferStore:
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         t.journal.take()
-        t.close(unlock=False)
-        staging.remove(t.dir)
-        t.unlock()  # only now: nobody may lock a directory that is being removed
+        staging.remove(t.dir)  # while the lock is held: nobody locks a half-removed directory
+        t.close()
 
     def fin_prepare(
         self, client_id: str, file_id: str, size: int, checksum: bytes | None
@@ -416,11 +461,24 @@ class TransferStore:
             started = time.perf_counter()
             await loop.run_in_executor(None, self._prepare_export, t, size)
             info = await self.exporter.export(t.client_id, t.file_id, meta, t.data_path, hexdigest)
-            await loop.run_in_executor(None, self._remove_staging, t)
-            self.hooks.exported(info, time.perf_counter() - started)
+        # exported: from here on the fin succeeds, whatever the clean-up meets. A staging
+        # directory left behind is found again (its journal records the export) and removed
+        # by the next command or collection that locks it.
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         self._remember_export(info)
+        try:
+            await loop.run_in_executor(None, self._remove_staging, t)
+        except Exception as exc:
+            log.warning(
+                "transfer %r/%r exported; removing its staging directory failed (%s): "
+                "left for the collector",
+                t.client_id,
+                t.file_id,
+                exc,
+            )
+            t.close()
+        self.hooks.exported(info, time.perf_counter() - started)
         return info
 
     @staticmethod
@@ -429,16 +487,19 @@ class TransferStore:
         if t.asm.file.size() != size:
             t.asm.truncate(size)
         t.asm.flush()
+        if t.lock_fd < 0:
+            # the export moves the data file (and its lock) away: the journal holds the
+            # directory until it is removed
+            t.lock_fd = staging.lock_journal(t.dir)
         t.journal.add(jr.exporting_record(size, str(t.data_path)))
-        t.journal.write()
-        t.journal.sync()
+        t.journal.write_records(t.journal.take(), sync=True)
 
     @staticmethod
     def _remove_staging(t: Transfer) -> None:
+        staging.remove(t.dir)  # while both locks are held
         t.asm.close()
         t.journal.close()
-        staging.remove(t.dir)
-        t.unlock()  # only now: nobody may lock a directory that is being removed
+        t.unlock()
 
     # -- durability --------------------------------------------------------------------------
 
@@ -447,9 +508,15 @@ class TransferStore:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, {}
-        with storage_errors():
-            for t in dirty.values():
-                t.journal.write()
+        failed: BaseException | None = None
+        for t in dirty.values():
+            try:
+                with storage_errors():
+                    t.journal.write()
+            except FtError as exc:  # the others are written all the same
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def commit_sync(self) -> None:
         """Group commit (sync durability): flush the data, then the journal records."""
@@ -465,8 +532,7 @@ class TransferStore:
                 t.asm.flush()
                 # only this batch's records: those buffered meanwhile by the event loop name
                 # data this flush may have missed (and the buffer is the loop thread's)
-                t.journal.write_records(records)
-                t.journal.sync()
+                t.journal.write_records(records, sync=True)
 
         with storage_errors():
             await asyncio.get_running_loop().run_in_executor(None, work)
@@ -603,6 +669,8 @@ def _recover(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
         raise
     if not isinstance(result, Transfer):
         os.close(lock)
+    elif result.lock_fd >= 0 and staging.adopt_lock(result.lock_fd, result.asm):
+        result.lock_fd = -1  # the data file's descriptor holds the lock: one descriptor
     return result
 
 

@@ -196,13 +196,14 @@ def await_outcome(result: Outcome | Deferred | None) -> Any:
 def test_recovery_error_reaches_the_commands(
     tmp_path: Path, run: Callable[[Coroutine[Any, Any, None]], None]
 ) -> None:
-    """The data file cannot be opened (here: a directory is in its place): every command
-    that waited for the recovery, and the next one, hears ``eisdir`` (0x80, a storage
-    error), and nothing stays locked."""
+    """The meta file cannot be read (here: a directory is in its place): every command that
+    waited for the recovery, and the next one, hears ``eisdir`` (0x80, a storage error),
+    and nothing stays locked. (The lock is the data file's descriptor, so the data file
+    itself must open for a recovery to start.)"""
     data_dir = tmp_path / "data"
     d = stage_big(data_dir)
-    (d / "data").unlink()
-    (d / "data").mkdir()
+    (d / "meta").unlink(missing_ok=True)
+    (d / "meta").mkdir()
 
     async def body() -> None:
         store = TransferStore(data_dir)

@@ -35,9 +35,16 @@ def test_transfer_dir_layout(tmp_path: Path) -> None:
     )
 
 
-def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
-    d = tmp_path / "t"
+def _staged(d: Path) -> Path:
+    """A staged transfer's directory, as create() leaves it (data file and journal)."""
     d.mkdir()
+    (d / "data").write_bytes(b"")
+    (d / "journal").write_bytes(b"FTJ1\n")
+    return d
+
+
+def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
+    d = _staged(tmp_path / "t")
     fd = staging.lock_dir(d)
     try:
         with pytest.raises(TransferBusy) as busy:
@@ -51,20 +58,22 @@ def test_lock_is_exclusive_until_released(tmp_path: Path) -> None:
 def test_lock_of_missing_directory_is_gone(tmp_path: Path) -> None:
     with pytest.raises(staging.Gone):
         staging.lock_dir(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(staging.Gone):
+        staging.lock_dir(tmp_path / "empty")  # neither data file nor journal
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         staging.lock_dir(tmp_path / "file")
 
 
 def test_lock_dies_with_its_process(tmp_path: Path) -> None:
-    d = tmp_path / "t"
-    d.mkdir()
+    d = _staged(tmp_path / "t")
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "fd = os.open(sys.argv[1] + '/data', os.O_RDWR)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
             "print('locked', flush=True)\n"
             "time.sleep(60)\n",
@@ -87,19 +96,22 @@ def test_lock_dies_with_its_process(tmp_path: Path) -> None:
 def test_create_locks_and_opens(tmp_path: Path) -> None:
     root = tmp_path / "staging"
     d = staging.transfer_dir(root, "c", "f")
-    lock, asm, journal = staging.create(d, sync=True)
+    asm, journal = staging.create(d, sync=True)
     try:
         assert sorted(os.listdir(d)) == ["data", "journal"]
+        assert os.listdir(root / staging.TMP) == []  # built there, renamed into place
         assert (d / "journal").read_bytes() == b"FTJ1\n"
         with pytest.raises(TransferBusy):
             staging.create(d, sync=False)  # the same transfer cannot be opened twice
         assert staging.staged_count(root, "c") == 1
         assert staging.staged_count(root, "other") == 0
         assert list(staging.staged_dirs(root)) == [d]
+        with pytest.raises(TransferBusy):
+            staging.lock_dir(d)  # the assembler's descriptor holds the lock
     finally:
         asm.close()
         journal.close()
-        os.close(lock)
+    os.close(staging.lock_dir(d))  # closing the assembler released it
 
 
 def test_create_where_a_file_is_in_the_way(tmp_path: Path) -> None:
@@ -123,10 +135,9 @@ def test_meta_round_trip_and_damage(tmp_path: Path) -> None:
 
 def _stage(root: Path, fid: str, age: float, meta: bool = True) -> Path:
     d = staging.transfer_dir(root, "c", fid)
-    lock, asm, journal = staging.create(d, sync=False)
+    asm, journal = staging.create(d, sync=False)
     asm.close()
     journal.close()
-    os.close(lock)
     if meta:
         staging.write_meta(d, META, sync=False)
     then = time.time() - age
@@ -159,3 +170,64 @@ def test_collector(tmp_path: Path) -> None:
         os.close(lock)
     assert gc.collect_expired(root, time.time() + 600, ttl_of) == 4
     assert list(staging.staged_dirs(root)) == []
+
+
+def test_lock_follows_the_data_file_out_of_an_export(tmp_path: Path) -> None:
+    """An export moves the data file away while its holder keeps the lock: a process that
+    finds the data file gone locks the journal, which the holder locked before the move; a
+    directory removed while waiting is Gone."""
+    root = tmp_path / "staging"
+    d = staging.transfer_dir(root, "c", "f")
+    asm, _journal = staging.create(d, sync=False)
+    extra = staging.lock_journal(d)
+    os.rename(d / "data", tmp_path / "exported")
+    with pytest.raises(TransferBusy):
+        staging.lock_dir(d)  # the journal is held by the exporting process
+    os.close(extra)
+    fd = staging.lock_dir(d)  # the exporter died before removing it: recovery may take it
+    os.close(fd)
+    staging.remove(d)
+    asm.close()
+    with pytest.raises(staging.Gone):
+        staging.lock_dir(d)
+
+
+def test_lock_of_a_replaced_data_file_is_gone(tmp_path: Path) -> None:
+    d = _staged(tmp_path / "t")
+    fd = os.open(d / "data", os.O_RDWR)
+    os.unlink(d / "data")
+    (d / "data").write_bytes(b"")  # another inode under the name: the old one is not it
+    try:
+        with pytest.raises(staging.Gone):
+            staging._check_linked(fd, d / "data")
+    finally:
+        os.close(fd)
+
+
+def test_adopted_lock_is_the_assemblers_descriptor(tmp_path: Path) -> None:
+    import ftcore
+
+    d = _staged(tmp_path / "t")
+    lock = staging.lock_dir(d)
+    asm = ftcore.Assembler(d / "data")
+    before = len(os.listdir("/proc/self/fd"))
+    assert staging.adopt_lock(lock, asm)
+    assert len(os.listdir("/proc/self/fd")) == before - 1
+    with pytest.raises(TransferBusy):
+        staging.lock_dir(d)
+    asm.place(0, b"abc")  # the adopted descriptor writes
+    asm.close()
+    assert (d / "data").read_bytes() == b"abc"
+    os.close(staging.lock_dir(d))
+
+
+def test_collector_removes_what_a_crash_left_half_built(tmp_path: Path) -> None:
+    root = tmp_path / "staging"
+    old = root / staging.TMP / "dead"
+    old.mkdir(parents=True)
+    then = time.time() - 2 * gc.TMP_AGE
+    os.utime(old, (then, then))
+    fresh = root / staging.TMP / "building"
+    fresh.mkdir()
+    gc.collect_expired(root, time.time(), lambda meta: 600.0)
+    assert not old.exists() and fresh.exists()
