@@ -114,6 +114,11 @@ SEGMENTS = Counter(
     "Segment commands processed, by outcome (the reason description).",
     ["worker", "outcome"],
 )
+NATIVE_SEGMENTS = Counter(
+    "ftserver_native_segments_total",
+    "Segments placed by the native path (ftcore), also counted in ftserver_segments_total.",
+    ["worker"],
+)
 COMMANDS = Counter(
     "ftserver_commands_total",
     "File-transfer commands processed, by command and outcome.",
@@ -182,6 +187,7 @@ ALL = [
     RECEIVED_BYTES,
     EXPORTED_BYTES,
     SEGMENTS,
+    NATIVE_SEGMENTS,
     COMMANDS,
     INVALID_QOS,
     LIMIT_HITS,
@@ -231,6 +237,8 @@ class Meter:
     def __init__(self, worker: str) -> None:
         self.worker = worker
         self.received_bytes = 0
+        #: segments the native path placed since the last flush
+        self.native_segments = 0
         self.responses = 0
         self.segments: LocalCounter[str] = LocalCounter()
         self.commands: LocalCounter[tuple[str, str]] = LocalCounter()
@@ -283,6 +291,10 @@ class Meter:
         if self.responses:
             RESPONSES.labels(self.worker).inc(self.responses)
             self.responses = 0
+        if self.native_segments:
+            NATIVE_SEGMENTS.labels(self.worker).inc(self.native_segments)
+            self.segments["success"] += self.native_segments
+            self.native_segments = 0
         for outcome, n in self.segments.items():
             SEGMENTS.labels(self.worker, outcome).inc(n)
         self.segments.clear()

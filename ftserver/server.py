@@ -223,6 +223,8 @@ class Server:
         assert self.dispatcher is not None
         self.meter.received_bytes += self.dispatcher.received_bytes
         self.dispatcher.received_bytes = 0
+        self.meter.native_segments += self.dispatcher.native_segment_count
+        self.dispatcher.native_segment_count = 0
         self.meter.flush()
 
     def _housekeeping(self) -> None:

@@ -42,7 +42,7 @@ from ftserver.mqtt.actions import (
     VerifyLogin,
 )
 from ftserver.mqtt.codec import ProtocolError
-from ftserver.mqtt.handler import CommandHandler, Pending
+from ftserver.mqtt.handler import CommandHandler, Pending, SegmentTaker
 from ftserver.mqtt.packets import (
     Connack,
     Connect,
@@ -83,6 +83,8 @@ class PacketSource(Protocol):
 
     def next_packet(self) -> Packet | None: ...
 
+    def take_leading(self, take: Callable[[bytearray, int, int], int]) -> int: ...
+
 
 @dataclass(slots=True)
 class _Done:
@@ -92,6 +94,24 @@ class _Done:
     topic: str
     outcome: Outcome
     document: bool
+
+
+@dataclass(slots=True)
+class _Taken:
+    """Segments the native path placed in the current batch: their PUBACKs (success), as
+    encoded, in arrival order (4 bytes each)."""
+
+    acks: bytes
+
+    def failed(self, reason_code: int, level: int) -> bytes:
+        """The same PUBACKs carrying ``reason_code`` instead (the batch's commit failed)."""
+        acks = self.acks
+        return b"".join(
+            codec.encode_puback(
+                Puback(int.from_bytes(acks[k + 2 : k + 4], "big"), reason_code), level
+            )
+            for k in range(0, len(acks), 4)
+        )
 
 
 @dataclass(slots=True)
@@ -120,6 +140,7 @@ class SessionCore:
         "_client_receive_maximum",
         "_connect",
         "_connecting",
+        "_fast",
         "_grant",
         "_held",
         "_keep_alive",
@@ -162,7 +183,9 @@ class SessionCore:
         self.peer = "?"
         self.cert_cn: str | None = None
         self.closed = False
-        self._batch: list[_Done] = []
+        self._batch: list[_Done | _Taken] = []
+        #: the native segment path of this connection, once it is the client's (None: none)
+        self._fast: SegmentTaker | None = None
         self._out: list[bytes] = []
         #: what the running timer does when it fires (None: no timer)
         self._on_timer: Callable[[float], None] | None = None
@@ -201,8 +224,14 @@ class SessionCore:
         """The transport is gone: the session stays (for its expiry interval) or goes."""
         self.closed = True
         self._on_timer = None
+        self._drop_fast_path()
         if self.session is not None:
             self.registry.detach(self.session, self)
+
+    def _drop_fast_path(self) -> None:
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.release()
 
     def close(self, reason: int | None = None) -> None:
         """Close the connection, with a DISCONNECT carrying ``reason`` first (MQTT 5)."""
@@ -239,10 +268,18 @@ class SessionCore:
             self.emit(CancelTimer())
 
     def _process(self) -> None:
-        """Handle every complete packet buffered (stopping while a CONNECT is pending)."""
+        """Handle every complete packet buffered (stopping while a CONNECT is pending).
+
+        Before each packet the native segment path, when this connection has one and may use
+        it, takes the run of plain segments at the head of the buffer: they join the batch as
+        already placed, acknowledged in arrival order with everything else after the commit.
+        """
         source = self.source
+        fast = self._fast if self._fast_allowed() else None
         try:
             while not self.closed and not self._connecting:
+                if fast is not None and source.take_leading(fast.take):
+                    self._batch.append(_Taken(fast.take_acks()))
                 packet = source.next_packet()
                 if packet is None:
                     break
@@ -251,6 +288,15 @@ class SessionCore:
             self._protocol_error(exc)
             return
         self._end_batch()
+
+    def _fast_allowed(self) -> bool:
+        """The native path acknowledges segments without response documents: it runs only
+        while nobody listens for this client's documents, and the client may upload."""
+        return (
+            self._fast is not None
+            and self._grant.upload
+            and not self.registry.has_subscribers(RESPONSE_PREFIX + self.client_id)
+        )
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("%s (%s): closing: %s", self.peer, self.client_id or "-", exc.message)
@@ -457,6 +503,8 @@ class SessionCore:
                 ack_props["session_expiry_interval"] = expiry
         self._connack(Connack(present, 0, ack_props), level)
         self.emit(Event(f"connect_v{'5' if level == MQTT_V5 else '311'}"))
+        self._drop_fast_path()
+        self._fast = self.handler.fast_path(client_id, level, cfg.max_packet_size)
         # resend what the session still owes the client, then what waited for it
         for pid, message in list(session.inflight.items()):
             self._send_message(pid, message, dup=True)
@@ -603,24 +651,33 @@ class SessionCore:
         self.emit(ResumeReading("commit"))
         self._answer(batch)
 
-    def _failed(self, batch: list[_Done], exc: BaseException) -> list[_Done]:
+    def _failed(self, batch: list[_Done | _Taken], exc: BaseException) -> list[_Done | _Taken]:
         """The batch whose commit raised ``exc``: the commands that succeeded are answered
         with the failure instead."""
         failure = outcome_of(exc, what="commit", client_id=self.client_id)
-        return [
-            _Done(d.pub, d.topic, failure, True) if d.document and d.outcome.reason_code == 0 else d
-            for d in batch
-        ]
+        out: list[_Done | _Taken] = []
+        for d in batch:
+            if isinstance(d, _Taken):
+                out.append(_Taken(d.failed(failure.reason_code, self.level)))
+            elif d.document and d.outcome.reason_code == 0:
+                out.append(_Done(d.pub, d.topic, failure, True))
+            else:
+                out.append(d)
+        return out
 
-    def _answer(self, batch: list[_Done]) -> None:
+    def _answer(self, batch: list[_Done | _Taken]) -> None:
         session = self.session
         if session is None:
             return
         for done in batch:
-            self._acknowledge(session, done.pub, done.outcome)
+            if isinstance(done, _Taken):
+                if session.connection is self and not self.closed:
+                    self._send(done.acks)
+            else:
+                self._acknowledge(session, done.pub, done.outcome)
         self._flush()
         for done in batch:
-            if done.document:
+            if isinstance(done, _Done) and done.document:
                 self._respond(done.pub, done.outcome, done.topic)
         self._flush()
 
@@ -751,4 +808,5 @@ class SessionCore:
         log.info("%s (%s): session taken over", self.peer, self.client_id)
         self.emit(Event("takeover"))
         self.close(R.SESSION_TAKEN_OVER)
+        self._drop_fast_path()
         self.session = None

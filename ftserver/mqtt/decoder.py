@@ -625,6 +625,27 @@ class Decoder(_ReceiveBuffer):
             self._release()
             raise
 
+    def take_leading(self, take: Callable[[bytearray, int, int], int]) -> int:
+        """Let ``take`` consume complete packets at the head of the buffer itself.
+
+        ``take(buf, start, end)`` sees the unconsumed bytes ``buf[start:end]`` and returns the
+        position after the last packet it took, which must be a packet boundary; the decoder
+        goes on from there. This is the seam of the native segment path (``ftcore``), which
+        handles the run of plain segment PUBLISHes without building packet objects. Returns
+        the number of bytes taken.
+        """
+        start = self._start
+        if self._error is not None or start == self._end:
+            return 0
+        pos = take(self._buf, start, self._end)
+        if pos == start:
+            return 0
+        if not start < pos <= self._end:
+            raise ValueError(f"take_leading: position {pos} outside [{start}, {self._end}]")
+        self._start = pos
+        self._need = 0
+        return pos - start
+
     def _read_header(self, start: int, avail: int, ptype: int) -> int:
         """Total size of the packet at ``start``, or 0 if its length is not complete yet."""
         buf = self._buf

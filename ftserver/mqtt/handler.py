@@ -4,7 +4,8 @@ The session core hands over ``(client_id, topic, payload, qos)`` and gets an :cl
 at once, a :class:`Pending` one, or None when the topic is no file-transfer command. Once the
 acknowledgement is out it asks for the response document with :meth:`CommandHandler.respond`.
 The dispatcher (``ftserver.transfer.dispatch.Dispatcher``) satisfies this protocol
-structurally; the MQTT layer never imports it.
+structurally; the MQTT layer never imports it. :meth:`CommandHandler.fast_path` gives the
+connection a :class:`SegmentTaker`, the native path for plain segments.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ class Pending(Protocol):
 
     @property
     def final(self) -> Awaitable[Outcome]: ...
+
+
+class SegmentTaker(Protocol):
+    """The native segment path of one connection (see docs/architecture.md): it takes the run
+    of plain segment PUBLISHes at the head of the receive buffer, places them, and hands back
+    their PUBACKs; everything else stays for the core."""
+
+    def take(self, buf: bytearray, start: int, end: int) -> int:
+        """Take what it can of ``buf[start:end]``; the position after the last packet taken."""
+        ...
+
+    def take_acks(self) -> bytes:
+        """The PUBACKs (success) of the packets taken since the last call, in order."""
+        ...
+
+    def release(self) -> None:
+        """The connection is gone."""
+        ...
 
 
 class CommandHandler(Protocol):
@@ -62,4 +81,11 @@ class CommandHandler(Protocol):
 
     async def group_commit(self) -> None:
         """Make the batch durable (sync durability), off the event loop."""
+        ...
+
+    def fast_path(
+        self, client_id: str, protocol_level: int, max_packet_size: int
+    ) -> SegmentTaker | None:
+        """The native segment path for a connection that just became ``client_id``'s, or
+        None (the handler has none)."""
         ...

@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import ftcore
 from ftserver.errors import (
     SUCCESS,
     AssembleTimeout,
+    FtError,
     InvalidQos,
     Outcome,
     TransferBusy,
@@ -102,6 +104,10 @@ class Dispatcher:
         #: quotas on new data (0x97): per-client byte rate, staging free-space watermark
         self.byte_rate: ByteRate | None = None
         self.disk: DiskWatch | None = None
+        #: whether connections get the native segment path (ftcore.SegmentPath)
+        self.native_segments = True
+        #: segments the native path took (read by the metrics flush, like received_bytes)
+        self.native_segment_count = 0
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -310,6 +316,19 @@ class Dispatcher:
         """Sync durability: data, then journal records flushed (one commit for the batch)."""
         await self.store.commit_sync()
 
+    # -- the native segment path -------------------------------------------------------------
+
+    def fast_path(
+        self, client_id: str, protocol_level: int, max_packet_size: int
+    ) -> FastSegments | None:
+        """The native segment path of a connection that just became ``client_id``'s."""
+        if not self.native_segments:
+            return None
+        path = self.store.segment_path(
+            client_id, protocol_level, self.max_file_size, max_packet_size
+        )
+        return FastSegments(self, client_id, path)
+
     # -- response documents ------------------------------------------------------------------
 
     def respond(
@@ -339,3 +358,49 @@ class Dispatcher:
             props["correlation_data"] = correlation_data
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         self.registry.route(target, payload, props)
+
+
+class FastSegments:
+    """One connection's native segment path (``mqtt.handler.SegmentTaker``).
+
+    ``ftcore.SegmentPath`` places the plain segments of the transfers the store registered with
+    it; this class applies what the Python path would check first (the staging watermark; a
+    per-client byte rate keeps every segment on the Python path, which meters it), journals the
+    runs the native path placed and counts them. Anything it does not take goes the usual way,
+    so every refusal is still answered by :meth:`Dispatcher.process`.
+    """
+
+    __slots__ = ("client_id", "dispatcher", "path")
+
+    def __init__(self, dispatcher: Dispatcher, client_id: str, path: ftcore.SegmentPath) -> None:
+        self.dispatcher = dispatcher
+        self.client_id = client_id
+        self.path = path
+
+    def take(self, buf: bytearray, start: int, end: int) -> int:
+        path = self.path
+        if not len(path):
+            return start
+        d = self.dispatcher
+        if d.byte_rate is not None:
+            return start
+        if d.disk is not None:
+            try:
+                d.disk.check()
+            except FtError:
+                return start  # the Python path answers 0x97 storage_full
+        segments, placed = path.segments, path.payload_bytes
+        pos = path.feed(buf, start, end)
+        if pos != start:
+            d.received_bytes += path.payload_bytes - placed
+            d.native_segment_count += path.segments - segments
+            store = d.store
+            for file_id, run_start, run_end in path.take_placed():
+                store.placed_run(self.client_id, file_id, run_start, run_end)
+        return pos
+
+    def take_acks(self) -> bytes:
+        return self.path.take_acks()
+
+    def release(self) -> None:
+        self.dispatcher.store.drop_segment_path(self.client_id, self.path)

@@ -202,6 +202,8 @@ class TransferStore:
         self._recovering: dict[Key, asyncio.Future[Recovered]] = {}
         #: transfers whose client moved to another worker while they were being recovered
         self._release_on_recovery: set[Key] = set()
+        #: the native segment path of each connected client (see :meth:`segment_path`)
+        self._paths: dict[str, ftcore.SegmentPath] = {}
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -347,6 +349,9 @@ class TransferStore:
         staging.write_meta(t.dir, meta, sync=self.durability == "sync")
         t.meta = meta
         self.hooks.started()
+        path = self._paths.get(client_id)
+        if path is not None and t.key not in self._exports and file_id not in path:
+            path.open(file_id, t.asm)
 
     def segment(self, client_id: str, file_id: str, offset: int, data: memoryview) -> None:
         """Store a segment. The journal record is buffered: call :meth:`commit` before the
@@ -363,7 +368,19 @@ class TransferStore:
             t.asm.place(offset, data)
         except OSError as exc:  # storage_errors() costs ~1 µs per segment: same rule, inline
             raise StorageError.from_oserror(exc) from exc
+        self._journal_range(t, offset, n, data)
+        path = self._paths.get(client_id)
+        if path is not None and t.key not in self._exports and file_id not in path:
+            path.open(file_id, t.asm)  # its next segments may take the native path
+
+    def _journal_range(
+        self, t: Transfer, offset: int, n: int, data: memoryview | bytes | None
+    ) -> None:
+        """Record ``[offset, offset + n)`` as placed (the record is written by the commit)."""
         if self.durability == "fast":
+            if data is None:  # placed by the native path: digest what is in the page cache
+                with storage_errors():
+                    data = t.asm.file.read(offset, n)
             t.journal.add(jr.range_record(offset, n, _blake3_16(data)))
         else:
             t.journal.add(jr.range_record(offset, n, None))
@@ -378,6 +395,43 @@ class TransferStore:
             t._checkpointing = asyncio.get_running_loop().create_future()
             self._spawn(self._checkpoint(t))
 
+    # -- the native segment path -------------------------------------------------------------
+
+    def segment_path(
+        self, client_id: str, protocol_level: int, max_file_size: int, max_packet_size: int
+    ) -> ftcore.SegmentPath:
+        """A new native segment path for the connection that is now ``client_id``'s, with the
+        client's open transfers registered (a transfer joins when its first segment or init
+        has taken the Python path, and leaves when it is exported, aborted or closed)."""
+        path = ftcore.SegmentPath(protocol_level, max_file_size, max_packet_size)
+        self._paths[client_id] = path
+        for t in self._open.values():
+            if t.client_id == client_id and t.key not in self._exports:
+                path.open(t.file_id, t.asm)
+        return path
+
+    def drop_segment_path(self, client_id: str, path: ftcore.SegmentPath) -> None:
+        """The connection of ``path`` is gone (a newer one may have replaced it already)."""
+        if self._paths.get(client_id) is path:
+            del self._paths[client_id]
+
+    def _leave_segment_path(self, t: Transfer) -> None:
+        path = self._paths.get(t.client_id)
+        if path is not None:
+            path.close(t.file_id)
+
+    def placed_run(self, client_id: str, file_id: str, start: int, end: int) -> None:
+        """The native path placed ``[start, end)`` of an open transfer (a run continuing its
+        contiguous prefix, already hashed): journal it like a segment of the Python path."""
+        t = self._open[(client_id, file_id)]
+        t.last_activity = time.time()
+        n = end - start
+        self._journal_range(t, start, n, None)
+        t.unflushed += n
+        if t.unflushed >= self.flush_bytes and t._checkpointing is None:
+            t._checkpointing = asyncio.get_running_loop().create_future()
+            self._spawn(self._checkpoint(t))
+
     def abort(self, client_id: str, file_id: str) -> None:
         got = self.get(client_id, file_id)
         if got is None or isinstance(got, ExportInfo):
@@ -386,6 +440,7 @@ class TransferStore:
         self.hooks.aborted()
 
     def _discard(self, t: Transfer) -> None:
+        self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         t.journal.take()
@@ -424,6 +479,7 @@ class TransferStore:
         """Start (or join) the export of a complete transfer; the future gives its result."""
         fut = self._exports.get(t.key)
         if fut is None:
+            self._leave_segment_path(t)  # its segments wait for the export now
             fut = asyncio.ensure_future(self._export(t, size, checksum))
             self._exports[t.key] = fut
             key = t.key
@@ -613,6 +669,7 @@ class TransferStore:
         return closed
 
     def _close_one(self, t: Transfer) -> None:
+        self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         try:

@@ -84,6 +84,9 @@ class Commands:
         if self.commit_error is not None:
             raise self.commit_error
 
+    def fast_path(self, client_id: str, protocol_level: int, max_packet_size: int) -> None:
+        return None  # the native segment path is tested with the real dispatcher
+
     async def group_commit(self) -> None:  # pragma: no cover - run by the glue, not here
         raise AssertionError("the core never awaits")
 
