@@ -290,6 +290,7 @@ class TransferStore:
     def _evict(self, t: Transfer) -> None:
         """Close an open transfer to free its descriptor. No flush: its journal is written
         and recovery reopens it from there (checking unflushed ranges as after a crash)."""
+        self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self.evicted += 1
         self.hooks.evicted()
