@@ -16,59 +16,12 @@ about sessions.
 
 from __future__ import annotations
 
-from ftserver.mqtt.decoder import DEFAULT_READ_SIZE, Decoder
-from ftserver.mqtt.encoder import (
-    PINGREQ_BYTES,
-    PINGRESP_BYTES,
-    encode,
-    encode_auth,
-    encode_connack,
-    encode_connect,
-    encode_disconnect,
-    encode_pingreq,
-    encode_pingresp,
-    encode_puback,
-    encode_pubcomp,
-    encode_publish,
-    encode_publish_header,
-    encode_pubrec,
-    encode_pubrel,
-    encode_suback,
-    encode_subscribe,
-    encode_unsuback,
-    encode_unsubscribe,
-)
-from ftserver.mqtt.errors import (
-    MalformedPacket,
-    PacketTooLarge,
-    ProtocolError,
-    UnsupportedProtocolVersion,
-)
+from ftserver.mqtt import decoder, encoder, errors
+from ftserver.mqtt.decoder import *  # noqa: F403 - the face re-exports each module's __all__
+from ftserver.mqtt.encoder import *  # noqa: F403
+from ftserver.mqtt.errors import *  # noqa: F403
 
-__all__ = [
-    "DEFAULT_READ_SIZE",
-    "PINGREQ_BYTES",
-    "PINGRESP_BYTES",
-    "Decoder",
-    "MalformedPacket",
-    "PacketTooLarge",
-    "ProtocolError",
-    "UnsupportedProtocolVersion",
-    "encode",
-    "encode_auth",
-    "encode_connack",
-    "encode_connect",
-    "encode_disconnect",
-    "encode_pingreq",
-    "encode_pingresp",
-    "encode_puback",
-    "encode_pubcomp",
-    "encode_publish",
-    "encode_publish_header",
-    "encode_pubrec",
-    "encode_pubrel",
-    "encode_suback",
-    "encode_subscribe",
-    "encode_unsuback",
-    "encode_unsubscribe",
-]
+__all__: list[str] = []
+__all__ += errors.__all__
+__all__ += decoder.__all__
+__all__ += encoder.__all__
