@@ -120,7 +120,9 @@ def lock_dir(d: Path) -> int:
     return fd
 
 
-def create(d: Path, *, sync: bool) -> tuple[int, ftcore.Assembler, Journal]:
+def create(
+    d: Path, *, sync: bool, boot_id: str | None = None
+) -> tuple[int, ftcore.Assembler, Journal]:
     """Make (or take) the staging directory ``d`` of a new transfer, lock it and open its data
     file and journal: (lock descriptor, assembler, journal). With ``sync`` the journal and the
     new directory entries are on stable storage before it returns.
@@ -140,7 +142,7 @@ def create(d: Path, *, sync: bool) -> tuple[int, ftcore.Assembler, Journal]:
         try:
             asm = ftcore.Assembler(d / DATA)
             try:
-                journal = Journal(d / JOURNAL)
+                journal = Journal(d / JOURNAL, boot_id=boot_id)
                 if sync:
                     journal.sync()
                     for p in (d, d.parent, d.parent.parent):

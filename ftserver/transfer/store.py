@@ -242,7 +242,9 @@ class TransferStore:
         if limit and staging.staged_count(self.staging, client_id) >= limit:
             raise TooManyTransfers()
         d = self.staging_dir(client_id, file_id)
-        lock, asm, journal = staging.create(d, sync=self.durability == "sync")
+        lock, asm, journal = staging.create(
+            d, sync=self.durability == "sync", boot_id=self.boot_id()
+        )
         asm.recycle = self.recycle
         t = Transfer(client_id, file_id, d, asm, journal, None, lock)
         self._open[t.key] = t
