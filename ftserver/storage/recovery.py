@@ -68,7 +68,10 @@ def reopen(
             exported = replay.exporting or 0
             if checkpoint is None and 0 < exported <= asm.file.size():
                 asm.mark(0, exported, absorb=False)
-            if replay.boot_id is not None and replay.boot_id == booted:
+            claimed = max((r.end for r in replay.ranges), default=0)
+            # same boot, and the file is as long as the records say (a cheap fstat: a file
+            # cut short by hand, or anything else odd, is checked like after a power cut)
+            if replay.boot_id == booted and asm.file.size() >= claimed:
                 _trust(asm, replay, what)
                 journal = Journal(d / JOURNAL, valid_length=replay.valid_length, boot_id=booted)
             else:

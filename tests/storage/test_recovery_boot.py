@@ -24,6 +24,7 @@ from .test_store import (  # noqa: F401  (fixtures: both loops, no descriptor le
     check_export,
     crash,
     fin,
+    held_executor,
     journal_records,
     loop_flavour,
     meta_of,
@@ -101,17 +102,54 @@ def test_same_boot_resumes_without_reading_the_data(data_dir: Path) -> None:
     run(main())
 
 
+def test_state_hashed_during_a_checkpoint_follows_it(data_dir: Path) -> None:
+    """Segments hashed while a checkpoint's flush runs record their states before the
+    checkpoint record; the newest state is recorded again after it, so a restart still
+    resumes from the newest one."""
+    data = payload(4 * MiB)
+
+    async def main() -> None:
+        s1 = TransferStore(data_dir, flush_bytes=MiB, boot_id=lambda: "boot-A")
+        s1.init(CID, FID, meta_of(name="f"))
+        with held_executor(asyncio.get_running_loop()) as release:
+            for off in range(0, MiB, SEG):
+                send(s1, data, off, SEG)
+            s1.commit()  # the checkpoint is due: it takes its state, its flush waits
+            await asyncio.sleep(0)
+            for off in range(MiB, 3 * MiB, SEG):
+                send(s1, data, off, SEG)
+                s1.commit()
+            release.set()
+            await asyncio.gather(*s1._tasks)
+        records = journal_records(staging_dir(data_dir, CID, CID, FID) / "journal")
+        last_cp = max(i for i, r in enumerate(records) if r.type is jr.Rec.CHECKPOINT)
+        after = [r.run() for r in records[last_cp + 1 :]]
+        assert after and after[-1].state is not None
+        assert ftcore.RollingSha256.loads(after[-1].state).length == 3 * MiB
+        crash(s1)
+        s2 = TransferStore(data_dir, boot_id=lambda: "boot-A")
+        read, hashed = await recover(s2)
+        assert hashed == 3 * MiB and read < 64 * 1024
+        await s2.close()
+
+    run(main())
+
+
 def test_other_boot_verifies_what_was_not_flushed_then_claims_its_boot(data_dir: Path) -> None:
     data = payload(SIZE)
 
     async def main() -> None:
         s1 = TransferStore(data_dir, flush_bytes=CHECKPOINTED, boot_id=lambda: "boot-A")
         await upload_then_crash(s1, data, RECEIVED)
+        journal = staging_dir(data_dir, CID, CID, FID) / "journal"
+        checkpoint = jr.replay(journal).checkpoint
+        assert checkpoint is not None
+        checkpointed = int.from_bytes(checkpoint[4:12], "little")  # FTA1, hashed u64, ...
+        assert CHECKPOINTED <= checkpointed < RECEIVED
         s2 = TransferStore(data_dir, boot_id=lambda: "boot-B")
         read, hashed = await recover(s2)
         assert hashed == RECEIVED  # everything survived: all of it is kept
-        assert read >= RECEIVED - 2 * CHECKPOINTED  # re-hashed from the last checkpoint
-        journal = staging_dir(data_dir, CID, CID, FID) / "journal"
+        assert read >= RECEIVED - checkpointed  # re-hashed from the last checkpoint
         records, _ = jr.read_journal(journal)
         assert [r.type for r in records] == [jr.Rec.OPENED, jr.Rec.CHECKPOINT]
         assert records[0].opened()[1] == "boot-B"
@@ -134,15 +172,16 @@ def test_other_boot_drops_lost_runs_and_the_client_resends(data_dir: Path) -> No
     data = payload(SIZE)
 
     async def main() -> None:
-        s1 = TransferStore(data_dir, flush_bytes=CHECKPOINTED, boot_id=lambda: "boot-A")
+        # no checkpoint: every run is checked through the recorded states from byte 0
+        s1 = TransferStore(data_dir, flush_bytes=1 << 40, boot_id=lambda: "boot-A")
         await upload_then_crash(s1, data, RECEIVED)
-        # the power cut lost a page of the prefix after the last checkpoint (8 MiB)
+        # the power cut lost a page of the prefix
         lost = 9 * MiB + 5000
         zero(staging_dir(data_dir, CID, CID, FID) / "data", lost, 4096)
         s2 = TransferStore(data_dir, boot_id=lambda: "boot-B")
         t = await open_transfer(s2)
-        # kept: the checkpoint and the runs whose recorded state still matches (a batch of
-        # 4 segments per run); dropped: the run holding the lost page and all after it
+        # kept: the runs whose recorded state still matches (a batch of 4 segments per run);
+        # dropped: the run holding the lost page and all after it
         run_start = lost // (4 * SEG) * (4 * SEG)
         assert list(t.asm.ranges) == [(0, run_start)] and t.asm.hashed == run_start
         for off in range(run_start, SIZE, SEG):
