@@ -59,8 +59,14 @@ cdef class Assembler:
     cdef readonly RangeSet ranges
     cdef RollingSha256 _hash
     cdef uint64_t _hashed
+    #: page-cache recycling behind the hashed prefix (see Assembler.recycle)
+    cdef bint _recycle
+    #: writeback was started for [0, _wb_end); [0, _dropped) was written back and dropped
+    cdef uint64_t _wb_end
+    cdef uint64_t _dropped
 
     cdef int _absorb_from_file(self, uint64_t start, uint64_t end) except -1
     cdef int _reset_hash(self) except -1
+    cdef int _recycle_behind(self) except -1
     cdef bint _same_as_file(self, const unsigned char *buf, Py_ssize_t n,
                             uint64_t offset) except -1

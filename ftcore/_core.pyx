@@ -26,6 +26,16 @@ import struct
 cdef extern from "unistd.h" nogil:
     int fdatasync(int fd)
 
+cdef extern from "fcntl.h" nogil:
+    # Linux; _GNU_SOURCE comes with Python.h
+    int sync_file_range(int fd, off_t offset, off_t nbytes, unsigned int flags)
+    int posix_fadvise(int fd, off_t offset, off_t len, int advice)
+    enum:
+        SYNC_FILE_RANGE_WAIT_BEFORE
+        SYNC_FILE_RANGE_WRITE
+        SYNC_FILE_RANGE_WAIT_AFTER
+        POSIX_FADV_DONTNEED
+
 cdef extern from *:
     """
     #ifndef FTCORE_DEBUG
@@ -41,6 +51,8 @@ DEBUG = bool(FTCORE_DEBUG)
 READBACK_CHUNK = 1 << 20
 #: Buffers at least this large are hashed with the GIL released.
 NOGIL_HASH_MIN = 16 * 1024
+#: Page-cache recycling works in chunks of this many bytes (see Assembler.recycle).
+RECYCLE_CHUNK = 8 << 20
 
 _RS_MAGIC = b"FTR1"
 _SH_MAGIC = b"FTS1"
@@ -584,7 +596,10 @@ cdef class Assembler:
     Not thread-safe.
     """
 
-    def __init__(self, path, state=None):
+    def __init__(self, path, state=None, *, bint recycle=False):
+        self._recycle = recycle
+        self._wb_end = 0
+        self._dropped = 0
         self.file = SparseFile(path)
         if state is None:
             self.ranges = RangeSet()
@@ -605,6 +620,78 @@ cdef class Assembler:
         """The whole state (ranges and hash), for the journal; the data stays in the file."""
         h = self._hash.dumps()
         return _AS_HEAD.pack(_AS_MAGIC, self._hashed, len(h)) + h + self.ranges.dumps()
+
+    def hash_state(self):
+        """The rolling hash's state (``RollingSha256.dumps``, its length is ``hashed``): what
+        a journal record carries so that a restart resumes without reading the prefix."""
+        return self._hash.dumps()
+
+    def adopt_hash(self, state):
+        """Take ``state`` (a ``RollingSha256.dumps``) as the hash of the file's bytes
+        [0, its length): recovery vouches for it (a journal record written by this machine
+        since it booted). ValueError when it is not a state or reaches beyond the contiguous
+        prefix."""
+        cdef RollingSha256 h = RollingSha256.loads(bytes(state))
+        if h._length() > self.ranges._prefix():
+            raise ValueError("hash state beyond the contiguous prefix")
+        self._hash = h
+        self._hashed = h._length()
+
+    def catch_up(self):
+        """Absorb [hashed, prefix) from the file (what no adopted state covered); returns
+        the number of bytes read."""
+        cdef uint64_t start = self._hashed, end = self.ranges._prefix()
+        if end <= start:
+            return 0
+        self._absorb_from_file(start, end)
+        return end - start
+
+    @property
+    def recycle(self):
+        """Page-cache recycling: behind the hashed prefix, start the writeback of each
+        finished ``RECYCLE_CHUNK`` and, one chunk later, wait for it and drop its pages
+        (``POSIX_FADV_DONTNEED``). Those bytes are not read again (a local export is a
+        rename, the S3 exporter reads the file once), and writing into recycled pages costs
+        the kernel far less than growing the page cache. Waiting a chunk behind means the
+        writer rarely waits for the disk."""
+        return self._recycle
+
+    @recycle.setter
+    def recycle(self, bint on):
+        self._recycle = on
+
+    @property
+    def recycled(self):
+        """[0, recycled) was written back and dropped from the page cache."""
+        return self._dropped
+
+    def recycle_behind(self):
+        """Recycle whatever the hash passed since the last call (the native segment path
+        moves the hash without calling back); a no-op when recycling is off."""
+        self._recycle_behind()
+
+    cdef int _recycle_behind(self) except -1:
+        cdef uint64_t chunk = RECYCLE_CHUNK
+        cdef uint64_t limit = (self._hashed // chunk) * chunk
+        cdef uint64_t start, drop
+        cdef int fd = self.file._fd
+        if not self._recycle or fd < 0:
+            return 0
+        # failures are ignored: these are hints; fdatasync reports the write errors that count
+        while self._wb_end < limit:
+            start = self._wb_end
+            with nogil:
+                sync_file_range(fd, <off_t>start, <off_t>chunk, SYNC_FILE_RANGE_WRITE)
+            self._wb_end = start + chunk
+            if self._dropped < start:
+                drop = self._dropped
+                with nogil:
+                    sync_file_range(fd, <off_t>drop, <off_t>(start - drop),
+                                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                                    | SYNC_FILE_RANGE_WAIT_AFTER)
+                    posix_fadvise(fd, <off_t>drop, <off_t>(start - drop), POSIX_FADV_DONTNEED)
+                self._dropped = start
+        return 0
 
     @staticmethod
     def saved_ranges(state):
@@ -657,6 +744,8 @@ cdef class Assembler:
                 self._hashed = start
         finally:
             free(tmp)
+        if self._recycle:
+            self._recycle_behind()
         return 0
 
     def place(self, offset, const unsigned char[::1] data not None):
@@ -683,12 +772,17 @@ cdef class Assembler:
                 self._hash._update(&data[skip], <Py_ssize_t>(end - self._hashed))
                 self._hashed = end
             # it joined ranges that were already in the file: read those back
-            self._absorb_from_file(self._hashed, new_prefix)
+            if new_prefix > self._hashed:
+                self._absorb_from_file(self._hashed, new_prefix)
+            elif self._recycle:
+                self._recycle_behind()
         return added
 
-    def mark(self, offset, length):
+    def mark(self, offset, length, *, bint absorb=True):
         """Record [offset, offset + length) as present: the bytes are already in the file
-        (recovery from the journal). Returns the number of new bytes."""
+        (recovery from the journal). With ``absorb`` (the default) the hash reads what this
+        joins to the prefix; without, the caller adopts a recorded hash state instead
+        (:meth:`adopt_hash`, then :meth:`catch_up`). Returns the number of new bytes."""
         cdef uint64_t start = _check_offset(offset, "offset")
         cdef uint64_t end = _check_offset(offset + length, "offset + length")
         cdef uint64_t old_prefix
@@ -696,7 +790,7 @@ cdef class Assembler:
             raise ValueError("negative length")
         old_prefix = self.ranges._prefix()
         added = self.ranges._add(start, end)
-        if self._hashed == old_prefix:
+        if absorb and self._hashed == old_prefix:
             self._absorb_from_file(self._hashed, self.ranges._prefix())
         return added
 

@@ -8,6 +8,7 @@ state); never selected unless FTCORE_PURE=1.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import os
 import struct
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 DEBUG = False
 READBACK_CHUNK = 1 << 20
+RECYCLE_CHUNK = 8 << 20
 _MAX_OFFSET = (1 << 63) - 1
 _RS_MAGIC = b"FTR1"
 _SH_MAGIC = b"FTS1"
@@ -349,6 +351,44 @@ class RollingSha256:
         return self
 
 
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1
+_SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+
+class PageCache:
+    """The two page-cache calls of recycling (see ftcore._core.Assembler.recycle); a test
+    passes its own to see them. ``os`` has no ``sync_file_range``: libc's, through ctypes
+    (``fdatasync`` where there is none, which is what it approximates)."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "sync_file_range", None)
+        if fn is not None:
+            fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            fn.restype = ctypes.c_int
+        self._sync_file_range = fn
+
+    def _range(self, fd: int, offset: int, length: int, flags: int) -> None:
+        if self._sync_file_range is not None:
+            self._sync_file_range(fd, offset, length, flags)
+        else:  # pragma: no cover - every Linux libc has it
+            os.fdatasync(fd)
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        self._range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def drop(self, fd: int, offset: int, length: int) -> None:
+        """Wait for the range's writeback, then drop its pages."""
+        self._range(
+            fd,
+            offset,
+            length,
+            _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def _split_state(state: Any) -> tuple[int, memoryview, memoryview]:
     """(hashed, hash state, ranges) of a saved Assembler state (see ftcore._core)."""
     view = _as_bytes(state)
@@ -363,7 +403,18 @@ def _split_state(state: Any) -> tuple[int, memoryview, memoryview]:
 class Assembler:
     """One file being assembled (see ftcore._core.Assembler for the invariants)."""
 
-    def __init__(self, path: str | os.PathLike[str], state: bytes | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        state: bytes | None = None,
+        *,
+        recycle: bool = False,
+        page_cache: PageCache | None = None,
+    ) -> None:
+        self.recycle = recycle
+        self._page_cache = page_cache if page_cache is not None else PageCache()
+        self._wb_end = 0
+        self._dropped = 0
         self.file = SparseFile(path)
         self.ranges = RangeSet()
         self._hash = RollingSha256()
@@ -382,6 +433,40 @@ class Assembler:
     def dumps(self) -> bytes:
         h = self._hash.dumps()
         return _AS_HEAD.pack(_AS_MAGIC, self._hashed, len(h)) + h + self.ranges.dumps()
+
+    def hash_state(self) -> bytes:
+        return self._hash.dumps()
+
+    def adopt_hash(self, state: Any) -> None:
+        h = RollingSha256.loads(bytes(state))
+        if h.length > self.ranges.prefix:
+            raise ValueError("hash state beyond the contiguous prefix")
+        self._hash = h
+        self._hashed = h.length
+
+    def catch_up(self) -> int:
+        start, end = self._hashed, self.ranges.prefix
+        if end <= start:
+            return 0
+        self._absorb_from_file(start, end)
+        return end - start
+
+    @property
+    def recycled(self) -> int:
+        return self._dropped
+
+    def recycle_behind(self) -> None:
+        fd = self.file._fd
+        if not self.recycle or fd < 0:
+            return
+        limit = self._hashed // RECYCLE_CHUNK * RECYCLE_CHUNK
+        while self._wb_end < limit:
+            start = self._wb_end
+            self._page_cache.start_writeback(fd, start, RECYCLE_CHUNK)
+            self._wb_end = start + RECYCLE_CHUNK
+            if self._dropped < start:
+                self._page_cache.drop(fd, self._dropped, start - self._dropped)
+                self._dropped = start
 
     @staticmethod
     def saved_ranges(state: Any) -> RangeSet:
@@ -406,6 +491,8 @@ class Assembler:
             self._hash.update(chunk)
             start += want
             self._hashed = start
+        if self.recycle:
+            self.recycle_behind()
 
     def place(self, offset: int, data: Any) -> int:
         view = _as_bytes(data)
@@ -426,17 +513,20 @@ class Assembler:
             if end > self._hashed:
                 self._hash.update(view[self._hashed - offset :])
                 self._hashed = end
-            self._absorb_from_file(self._hashed, new_prefix)
+            if new_prefix > self._hashed:
+                self._absorb_from_file(self._hashed, new_prefix)
+            elif self.recycle:
+                self.recycle_behind()
         return added
 
-    def mark(self, offset: int, length: int) -> int:
+    def mark(self, offset: int, length: int, *, absorb: bool = True) -> int:
         _check_offset(offset, "offset")
         end = _check_offset(offset + length, "offset + length")
         if length < 0:
             raise ValueError("negative length")
         old_prefix = self.ranges.prefix
         added = self.ranges.add(offset, end)
-        if self._hashed == old_prefix:
+        if absorb and self._hashed == old_prefix:
             self._absorb_from_file(self._hashed, self.ranges.prefix)
         return added
 

@@ -9,12 +9,26 @@ torn tail after a crash) and the journal is cut back to the last good record.
 
 Record types:
 
-- ``RANGE`` (``offset u64, length u64, blake3 16 bytes``): bytes that were written to the data
-  file but not necessarily flushed (durability ``fast``). Recovery re-hashes them with BLAKE3
-  and drops a range whose bytes do not match, so the client resends it rather than ending up
-  with a corrupt file.
+- ``RUN`` (``start u64, end u64, flags u8``, then the BLAKE3 (16 bytes) of the run when flag
+  ``DIGEST``, then the rolling SHA-256 state (``RollingSha256.dumps``) when flag ``STATE``):
+  the bytes [start, end) written by one or more segments of one batch (one record per
+  transfer per batch, not per segment). ``SYNCED``: flushed before the record was written
+  (durability ``sync``). ``STATE``: the hash of the file's bytes [0, state length) just
+  after the run, recorded whenever the run moved the hash (it extended the contiguous
+  prefix, or a rewrite reset it): a restart after a crash of the process adopts the last
+  one instead of reading the prefix. ``DIGEST`` (durability ``fast``, runs that did not move
+  the hash): recovery after a machine crash re-hashes the run and drops it when it does not
+  match; runs with a state are checked by re-hashing from the last checkpoint's state.
+- ``OPENED`` (``pid u32``, then the boot id, ASCII): written when a process opens the
+  journal for appending, and first in every rewritten journal. The records after it were
+  written in that boot: when it is still the current one, the page cache survived and every
+  record is trusted as it stands; otherwise (a machine crash, a power cut) recovery checks
+  what was not flushed.
+- ``RANGE`` (``offset u64, length u64, blake3 16 bytes``; older versions, read as a ``RUN``
+  with a digest): bytes that were written to the data file but not necessarily flushed
+  (durability ``fast``).
 - ``RANGE_SYNCED`` (``offset u64, length u64``): bytes flushed (fdatasync) before the record
-  was written (durability ``sync``, group commit).
+  was written (durability ``sync``, group commit; older versions, read as a synced ``RUN``).
 - ``CHECKPOINT`` (an ``ftcore.Assembler`` state: ranges and rolling SHA-256): written after the
   data file was flushed, so everything it claims is on stable storage. Recovery starts from
   the last one, so the received bytes are not read again.
@@ -32,12 +46,15 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import blake3
 
 import ftcore
 
@@ -47,6 +64,12 @@ _CRC = struct.Struct("<I")
 _RANGE = struct.Struct("<QQ16s")
 _RANGE_SYNCED = struct.Struct("<QQ")
 _U64 = struct.Struct("<Q")
+_RUN = struct.Struct("<QQB")
+_U32 = struct.Struct("<I")
+#: size of a rolling SHA-256 state (``RollingSha256.dumps``)
+HASH_STATE_SIZE = len(ftcore.RollingSha256().dumps())
+_DIGEST_SIZE = 16
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 #: a record longer than this is corruption, not data (the largest is a CHECKPOINT)
 MAX_RECORD = 64 << 20
 
@@ -56,6 +79,40 @@ class Rec(enum.IntEnum):
     RANGE_SYNCED = 2
     CHECKPOINT = 3
     EXPORTING = 4
+    RUN = 5
+    OPENED = 6
+
+
+class RunFlag(enum.IntFlag):
+    SYNCED = 1
+    DIGEST = 2
+    STATE = 4
+
+
+@functools.cache
+def current_boot_id() -> str:
+    """This machine's boot id: it changes at every boot, so a journal written under the
+    current one lost nothing of its page cache."""
+    with open(BOOT_ID_PATH, encoding="ascii") as f:
+        return f.read().strip()
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRec:
+    """What one range record (``RUN``, or the older ``RANGE`` / ``RANGE_SYNCED``) says."""
+
+    start: int
+    end: int
+    #: BLAKE3 (16 bytes) of the bytes, when they must be checked after a machine crash
+    digest: bytes | None = None
+    #: the rolling SHA-256 state just after the run (its length is how far it hashed)
+    state: bytes | None = None
+    #: the bytes were flushed before the record was written
+    synced: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +128,26 @@ class Record:
         off, length = _RANGE_SYNCED.unpack(self.payload)
         return off, length, None
 
+    def run(self) -> RangeRec:
+        """What a ``RUN``, ``RANGE`` or ``RANGE_SYNCED`` record says."""
+        if self.type is Rec.RUN:
+            start, end, flags = _RUN.unpack_from(self.payload)
+            pos = _RUN.size
+            digest = state = None
+            if flags & RunFlag.DIGEST:
+                digest = self.payload[pos : pos + _DIGEST_SIZE]
+                pos += _DIGEST_SIZE
+            if flags & RunFlag.STATE:
+                state = self.payload[pos : pos + HASH_STATE_SIZE]
+            return RangeRec(start, end, digest, state, bool(flags & RunFlag.SYNCED))
+        off, length, digest = self.range()
+        return RangeRec(off, off + length, digest, None, digest is None)
+
+    def opened(self) -> tuple[int, str]:
+        """(pid, boot id) of an ``OPENED`` record."""
+        (pid,) = _U32.unpack_from(self.payload)
+        return pid, self.payload[_U32.size :].decode("ascii", "replace")
+
     def exporting(self) -> tuple[int, str]:
         (size,) = _U64.unpack_from(self.payload)
         return size, self.payload[_U64.size :].decode("utf-8", "surrogateescape")
@@ -85,6 +162,32 @@ def range_record(offset: int, length: int, blake3_16: bytes | None) -> bytes:
     if blake3_16 is None:
         return frame(Rec.RANGE_SYNCED, _RANGE_SYNCED.pack(offset, length))
     return frame(Rec.RANGE, _RANGE.pack(offset, length, blake3_16))
+
+
+def run_record(
+    start: int,
+    end: int,
+    *,
+    digest: bytes | None = None,
+    state: bytes | None = None,
+    synced: bool = False,
+) -> bytes:
+    flags = RunFlag(0)
+    tail = b""
+    if synced:
+        flags |= RunFlag.SYNCED
+    if digest is not None:
+        flags |= RunFlag.DIGEST
+        tail += digest
+    if state is not None:
+        flags |= RunFlag.STATE
+        tail += state
+    return frame(Rec.RUN, _RUN.pack(start, end, flags) + tail)
+
+
+def opened_record(boot_id: str, pid: int | None = None) -> bytes:
+    pid = os.getpid() if pid is None else pid
+    return frame(Rec.OPENED, _U32.pack(pid & 0xFFFFFFFF) + boot_id.encode("ascii", "replace"))
 
 
 def checkpoint_record(state: bytes) -> bytes:
@@ -120,11 +223,56 @@ def parse(data: bytes) -> tuple[list[Record], int]:
             want = _RANGE.size if rec.type is Rec.RANGE else _RANGE_SYNCED.size
             if length != want:
                 break
-        elif rec.type is Rec.EXPORTING and length < _U64.size:
+        elif not _well_formed(rec.type, payload):
             break
         out.append(rec)
         pos = end
     return out, pos
+
+
+def _well_formed(rtype: Rec, payload: bytes) -> bool:
+    if rtype is Rec.OPENED:
+        return len(payload) >= _U32.size
+    if rtype is Rec.EXPORTING:
+        return len(payload) >= _U64.size
+    if rtype is not Rec.RUN:
+        return True
+    if len(payload) < _RUN.size:
+        return False
+    start, end, flags = _RUN.unpack_from(payload)
+    want = _RUN.size
+    want += _DIGEST_SIZE if flags & RunFlag.DIGEST else 0
+    want += HASH_STATE_SIZE if flags & RunFlag.STATE else 0
+    return end >= start and len(payload) == want and not flags & ~0x7
+
+
+class _Run:
+    """The run a journal is coalescing: contiguous segments of one kind, one record."""
+
+    __slots__ = ("end", "hasher", "start", "state", "synced")
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        synced: bool,
+        hasher: blake3.blake3 | None,
+        state: Callable[[], bytes] | None,
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.synced = synced
+        self.hasher = hasher
+        self.state = state
+
+    def record(self) -> bytes:
+        return run_record(
+            self.start,
+            self.end,
+            digest=None if self.hasher is None else self.hasher.digest(length=_DIGEST_SIZE),
+            state=None if self.state is None else self.state(),
+            synced=self.synced,
+        )
 
 
 class Journal:
@@ -132,7 +280,13 @@ class Journal:
 
     Records are buffered by :meth:`add` and written by :meth:`write` in one ``write(2)``; the
     caller writes before it acknowledges (a crash of the process then loses nothing it
-    acknowledged) and, in durability ``sync``, also calls :meth:`sync`.
+    acknowledged) and, in durability ``sync``, also calls :meth:`sync`. :meth:`add_run`
+    coalesces contiguous segments into one ``RUN`` record, framed when the buffer is written
+    or taken (so it carries the hash state of that moment).
+
+    Opening appends an ``OPENED`` record with ``boot_id`` unless ``announce`` is false
+    (recovery after a machine crash rewrites the journal once it checked it, and only then
+    may the journal claim the current boot).
 
     It holds no descriptor between writes: each batch opens the file ``O_APPEND``, writes and
     closes it (a few microseconds, against a batch of segments). A fleet of idle transfers
@@ -140,11 +294,20 @@ class Journal:
     descriptors"); a descriptor kept per journal was one of four per uploading device.
     """
 
-    __slots__ = ("_pending", "path", "size")
+    __slots__ = ("_pending", "_run", "boot_id", "path", "size")
 
-    def __init__(self, path: Path, *, valid_length: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        valid_length: int | None = None,
+        boot_id: str | None = None,
+        announce: bool = True,
+    ) -> None:
         self.path = path
+        self.boot_id = current_boot_id() if boot_id is None else boot_id
         self._pending: list[bytes] = []
+        self._run: _Run | None = None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -154,23 +317,64 @@ class Journal:
             if size == 0:
                 _write_all(fd, HEADER)
                 size = len(HEADER)
+            if announce:
+                opened = opened_record(self.boot_id)
+                _write_all(fd, opened)
+                size += len(opened)
         finally:
             os.close(fd)
         self.size = size
 
     @property
     def dirty(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending) or self._run is not None
 
     def add(self, record: bytes) -> None:
+        self._seal()
         self._pending.append(record)
+
+    def add_run(
+        self,
+        start: int,
+        end: int,
+        *,
+        data: memoryview | bytes | None = None,
+        state: Callable[[], bytes] | None = None,
+        synced: bool = False,
+    ) -> None:
+        """Record that [start, end) was written, coalesced with the run before it when it
+        continues it and is of the same kind. ``data`` (those bytes) asks for a BLAKE3 of
+        the run; ``state`` gives the hash state when the record is framed (pass it when the
+        write moved the hash)."""
+        run = self._run
+        if (
+            run is not None
+            and run.end == start
+            and run.synced == synced
+            and (run.hasher is None) == (data is None)
+        ):
+            run.end = end
+            if run.hasher is not None and data is not None:
+                run.hasher.update(data)
+            if state is not None:
+                run.state = state
+            return
+        self._seal()
+        self._run = _Run(start, end, synced, None if data is None else blake3.blake3(data), state)
+
+    def _seal(self) -> None:
+        run, self._run = self._run, None
+        if run is not None:
+            self._pending.append(run.record())
 
     def take(self) -> list[bytes]:
         """Remove and return the buffered records (to write them elsewhere, or drop them)."""
+        self._seal()
         out, self._pending = self._pending, []
         return out
 
     def write(self) -> None:
+        self._seal()
         if not self._pending:
             return
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
@@ -217,25 +421,27 @@ class Journal:
     def compact(self, state: bytes) -> None:
         """Replace the journal by a ``CHECKPOINT`` of ``state`` (an ``ftcore.Assembler``
         state whose data is flushed) and the range records that state does not cover (those
-        written while its flush ran): recovery then reads a short journal."""
-        self.write()
+        written while its flush ran): recovery then reads a short journal. The buffered
+        records stay buffered: in durability ``sync`` their data is not flushed yet."""
         records, _valid = read_journal(self.path)
         covered = ftcore.Assembler.saved_ranges(state)
         keep = [checkpoint_record(state)]
         keep += [
-            range_record(offset, length, digest)
-            for offset, length, digest in iter_ranges(records)
-            if not covered.contains(offset, offset + length)
+            frame(rec.type, rec.payload)
+            for rec in records
+            if rec.type in _RANGE_TYPES
+            and not covered.contains((r := rec.run()).start, max(r.end, r.start))
         ]
         self.rewrite(keep)
 
     def rewrite(self, records: list[bytes]) -> None:
-        """Replace the journal by ``records`` atomically (compaction after a checkpoint)."""
-        self.write()
+        """Replace the journal by ``OPENED`` (this boot) and ``records`` atomically
+        (compaction after a checkpoint, recovery after a machine crash). The buffered
+        records stay buffered."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            data = HEADER + b"".join(records)
+            data = HEADER + opened_record(self.boot_id) + b"".join(records)
             _write_all(fd, data)
             os.fdatasync(fd)
         finally:
@@ -262,14 +468,22 @@ class Replay:
     exporting: int | None = None
     #: the last saved ``ftcore.Assembler`` state that still counts (a ``CHECKPOINT``), if any
     checkpoint: bytes | None = None
-    #: (offset, length, blake3-16 or None) of every range record that still counts, in order;
-    #: recovery re-checks those with a digest (written before their data was flushed)
-    ranges: tuple[tuple[int, int, bytes | None], ...] = ()
+    #: every range record that still counts, in order
+    ranges: tuple[RangeRec, ...] = ()
+    #: the hash states of the range records after the last checkpoint, in order: the
+    #: newest hash of the prefix is the last (none: the checkpoint's is)
+    states: tuple[bytes, ...] = ()
+    #: the boot the last records were written in (the last ``OPENED``); None when unknown
+    boot_id: str | None = None
     #: every byte the journal claims: the checkpoint's ranges (else the exported prefix) and
     #: the range records, each byte counted once, unverified
     received: ftcore.RangeSet = field(default_factory=ftcore.RangeSet)
     #: why the journal could not be read (nothing else then counts); None when it could
     damaged: str | None = None
+
+    @property
+    def hash_state(self) -> bytes | None:
+        return self.states[-1] if self.states else None
 
     @property
     def bytes_received(self) -> int:
@@ -286,6 +500,7 @@ def replay(path: Path) -> Replay:
     except (OSError, ValueError) as exc:
         return Replay(last_activity, damaged=str(exc) or type(exc).__name__)
     exporting: int | None = None
+    boot_id = next((r.opened()[1] for r in reversed(records) if r.type is Rec.OPENED), None)
     for i in range(len(records) - 1, -1, -1):
         if records[i].type is Rec.EXPORTING:
             exporting = records[i].exporting()[0]
@@ -301,10 +516,26 @@ def replay(path: Path) -> Replay:
         if exporting:
             received.add(0, exporting)
     ranges = tuple(iter_ranges(records))
-    for offset, length, _digest in ranges:
-        if length > 0:
-            received.add(offset, offset + length)
-    return Replay(last_activity, valid, exporting, checkpoint, ranges, received)
+    for r in ranges:
+        if r.end > r.start:
+            received.add(r.start, r.end)
+    states: list[bytes] = []
+    for rec in reversed(records):
+        if rec.type is Rec.CHECKPOINT:
+            break
+        if rec.type is Rec.RUN and (state := rec.run().state) is not None:
+            states.append(state)
+    states.reverse()
+    return Replay(
+        last_activity,
+        valid,
+        exporting,
+        checkpoint,
+        ranges,
+        states=tuple(states),
+        boot_id=boot_id,
+        received=received,
+    )
 
 
 def read_journal(path: Path) -> tuple[list[Record], int]:
@@ -312,10 +543,13 @@ def read_journal(path: Path) -> tuple[list[Record], int]:
         return parse(f.read())
 
 
-def iter_ranges(records: list[Record]) -> Iterator[tuple[int, int, bytes | None]]:
+_RANGE_TYPES = (Rec.RANGE, Rec.RANGE_SYNCED, Rec.RUN)
+
+
+def iter_ranges(records: list[Record]) -> Iterator[RangeRec]:
     for rec in records:
-        if rec.type in (Rec.RANGE, Rec.RANGE_SYNCED):
-            yield rec.range()
+        if rec.type in _RANGE_TYPES:
+            yield rec.run()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -185,7 +185,7 @@ def adopt_lock(lock: int, asm: ftcore.Assembler) -> bool:
     return True
 
 
-def create(d: Path, *, sync: bool) -> tuple[ftcore.Assembler, Journal]:
+def create(d: Path, *, sync: bool, boot_id: str | None = None) -> tuple[ftcore.Assembler, Journal]:
     """Make the staging directory ``d`` of a new transfer, locked by this process, with its
     data file and journal open: (assembler, journal). The lock is held by the assembler's
     descriptor (closing the assembler releases it). The directory is built under
@@ -232,7 +232,7 @@ def create(d: Path, *, sync: bool) -> tuple[ftcore.Assembler, Journal]:
         if sync:
             for p in (d.parent, d.parent.parent):
                 fsync_dir(p)
-        journal = Journal(d / JOURNAL)
+        journal = Journal(d / JOURNAL, boot_id=boot_id)
     return asm, journal
 
 

@@ -33,11 +33,9 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
-
-import blake3
 
 import ftcore
 from ftserver.errors import (
@@ -70,10 +68,6 @@ COMPACT_JOURNAL_BYTES = 4 << 20
 EXPORT_CACHE = 4096
 
 Key = tuple[str, str]
-
-
-def _blake3_16(data: memoryview | bytes) -> bytes:
-    return blake3.blake3(data).digest(length=16)
 
 
 class Transfer:
@@ -175,6 +169,8 @@ class TransferStore:
         hooks: StoreHooks | None = None,
         max_transfers_per_client: int = 0,
         max_open: int = 0,
+        recycle: bool = True,
+        boot_id: Callable[[], str] = jr.current_boot_id,
     ) -> None:
         self.staging = staging.staging_root(data_dir)
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -187,6 +183,10 @@ class TransferStore:
         self.idle_close = idle_close
         self.hooks = hooks or StoreHooks()
         self.max_transfers_per_client = max_transfers_per_client
+        #: page-cache recycling behind each transfer's hashed prefix (ftcore.Assembler)
+        self.recycle = recycle
+        #: reads the current boot id: recovery trusts the journal of this boot as it stands
+        self.boot_id = boot_id
         #: transfers open at once in this process (0: no bound); each holds one descriptor
         self.max_open = max_open
         #: how many were closed to make room, and how many commands found no room at all
@@ -266,7 +266,8 @@ class TransferStore:
             raise TooManyTransfers()
         d = self.staging_dir(client_id, file_id)
         self._make_room()
-        asm, journal = staging.create(d, sync=self.durability == "sync")
+        asm, journal = staging.create(d, sync=self.durability == "sync", boot_id=self.boot_id())
+        asm.recycle = self.recycle
         t = Transfer(client_id, file_id, d, asm, journal, None, -1)
         self._open[t.key] = t
         return t
@@ -302,7 +303,9 @@ class TransferStore:
         """Recover the transfer staged in ``d`` (locked by ``lock``) in an executor thread;
         the future completes once the result is installed here."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, _recover, self.exporter, key, d, lock)
+        fut = loop.run_in_executor(
+            None, _recover, self.exporter, key, d, lock, self.boot_id, self.recycle
+        )
         self._recovering[key] = fut
         # added first, so it runs before any waiter wakes up: they find the result installed
         fut.add_done_callback(functools.partial(self._recovered, key))
@@ -365,30 +368,50 @@ class TransferStore:
         n = len(data)
         if n == 0:
             return
+        asm = t.asm
+        before = asm.hashed
         try:
-            t.asm.place(offset, data)
+            asm.place(offset, data)
         except OSError as exc:  # storage_errors() costs ~1 µs per segment: same rule, inline
             raise StorageError.from_oserror(exc) from exc
-        self._journal_range(t, offset, n, data)
+        after = asm.hashed
+        # one RUN record per contiguous run of a batch. A run that moved the hash carries
+        # the hash state (a restart resumes from it without reading; after a machine crash
+        # it is checked by re-hashing from the checkpoint); one that did not move it forward
+        # carries its BLAKE3 in fast mode, for that check
+        sync = self.durability == "sync"
+        t.journal.add_run(
+            offset,
+            offset + n,
+            data=None if sync or after > before else data,
+            state=asm.hash_state if after != before else None,
+            synced=sync,
+        )
+        self._dirty[t.key] = t
+        self._wrote(t, n)
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
             path.open(file_id, t.asm)  # its next segments may take the native path
 
-    def _journal_range(
-        self, t: Transfer, offset: int, n: int, data: memoryview | bytes | None
-    ) -> None:
-        """Record ``[offset, offset + n)`` as placed (the record is written by the commit)."""
-        if self.durability == "fast":
-            if data is None:  # placed by the native path: digest what is in the page cache
-                with storage_errors():
-                    data = t.asm.file.read(offset, n)
-            t.journal.add(jr.range_record(offset, n, _blake3_16(data)))
-        else:
-            t.journal.add(jr.range_record(offset, n, None))
+    def placed_run(self, client_id: str, file_id: str, start: int, end: int) -> None:
+        """Journal a run the native segment path (``ftcore.SegmentPath``) placed: it
+        continued the transfer's contiguous prefix, and its assembler hashed it already. One
+        record with the hash state, no digest; call :meth:`commit` before the
+        acknowledgements go out, as for :meth:`segment`. The transfer must be open here (the
+        path holds its assembler); KeyError otherwise."""
+        t = self._open[(client_id, file_id)]
+        if end <= start:
+            return
+        t.last_activity = time.time()
+        t.journal.add_run(start, end, state=t.asm.hash_state, synced=self.durability == "sync")
+        t.asm.recycle_behind()  # the native path moved the hash without calling back
         self._dirty[t.key] = t
+        self._wrote(t, end - start)
+
+    def _wrote(self, t: Transfer, n: int) -> None:
         # a checkpoint every flush_bytes (both modes): recovery then starts from the saved
-        # rolling hash instead of re-reading the prefix, and fast mode bounds what it must
-        # re-verify (and what a fin must flush)
+        # rolling hash, and fast mode bounds what a machine crash makes it re-verify (and
+        # what a fin must flush)
         t.unflushed += n
         if t.unflushed >= self.flush_bytes and t._checkpointing is None:
             # marked in flight now, not when the task first runs: the segments that
@@ -420,18 +443,6 @@ class TransferStore:
         path = self._paths.get(t.client_id)
         if path is not None:
             path.close(t.file_id)
-
-    def placed_run(self, client_id: str, file_id: str, start: int, end: int) -> None:
-        """The native path placed ``[start, end)`` of an open transfer (a run continuing its
-        contiguous prefix, already hashed): journal it like a segment of the Python path."""
-        t = self._open[(client_id, file_id)]
-        t.last_activity = time.time()
-        n = end - start
-        self._journal_range(t, start, n, None)
-        t.unflushed += n
-        if t.unflushed >= self.flush_bytes and t._checkpointing is None:
-            t._checkpointing = asyncio.get_running_loop().create_future()
-            self._spawn(self._checkpoint(t))
 
     def abort(self, client_id: str, file_id: str) -> None:
         got = self.get(client_id, file_id)
@@ -604,16 +615,29 @@ class TransferStore:
         fut = t._checkpointing
         if fut is None:
             fut = t._checkpointing = loop.create_future()
+        sync = self.durability == "sync"
         try:
             state = t.asm.dumps()  # everything it claims was written before the flush starts
+            hash_state = t.asm.hash_state()
             t.unflushed = 0
             await loop.run_in_executor(None, t.asm.flush)
             if t.asm.file.closed:
                 return
+            # the buffered records stay buffered in sync mode: their data may have been
+            # written after the flush started, and the group commit flushes it first
             if t.journal.size > COMPACT_JOURNAL_BYTES:
                 t.journal.compact(state)
+            elif sync:
+                t.journal.write_records([jr.checkpoint_record(state)])
             else:
                 t.journal.add(jr.checkpoint_record(state))
+            if t.asm.hash_state() != hash_state:
+                # segments hashed while the flush ran recorded newer states before the
+                # checkpoint: the newest must follow it (recovery takes the last one)
+                h = t.asm.hashed
+                t.journal.add_run(h, h, state=t.asm.hash_state, synced=sync)
+                self._dirty[t.key] = t
+            if not sync:
                 t.journal.write()
         except OSError as exc:
             log.error("checkpoint of %r/%r failed: %s", t.client_id, t.file_id, exc)
@@ -715,13 +739,20 @@ class TransferStore:
 Recovered: TypeAlias = Transfer | ExportInfo | None
 
 
-def _recover(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
+def _recover(
+    exporter: Exporter,
+    key: Key,
+    d: Path,
+    lock: int,
+    boot_id: Callable[[], str] = jr.current_boot_id,
+    recycle: bool = False,
+) -> Recovered:
     """Recover the transfer staged in ``d``, which ``lock`` holds. Runs in an executor thread:
     it reads and writes only that directory and the exporter's records on disk, and builds
     the :class:`Transfer` without installing it (the event loop does). The transfer keeps
     the lock; otherwise it is released here, after the directory was removed if it was."""
     try:
-        result = _recover_locked(exporter, key, d, lock)
+        result = _recover_locked(exporter, key, d, lock, boot_id, recycle)
     except BaseException:
         os.close(lock)
         raise
@@ -732,7 +763,14 @@ def _recover(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
     return result
 
 
-def _recover_locked(exporter: Exporter, key: Key, d: Path, lock: int) -> Recovered:
+def _recover_locked(
+    exporter: Exporter,
+    key: Key,
+    d: Path,
+    lock: int,
+    boot_id: Callable[[], str] = jr.current_boot_id,
+    recycle: bool = False,
+) -> Recovered:
     client_id, file_id = key
     what = f"{client_id!r}/{file_id!r}"
     with storage_errors():
@@ -760,7 +798,7 @@ def _recover_locked(exporter: Exporter, key: Key, d: Path, lock: int) -> Recover
                     log.error("transfer %s: export interrupted and its file is gone", what)
                 staging.remove(d)
                 return info
-    asm, journal = reopen(d, replay, what)
+    asm, journal = reopen(d, replay, what, boot_id=boot_id, recycle=recycle)
     return Transfer(client_id, file_id, d, asm, journal, meta, lock)
 
 

@@ -28,6 +28,19 @@ def by_hand(rtype: int, payload: bytes) -> bytes:
     return head + payload + struct.pack("<I", zlib.crc32(head + payload))
 
 
+BOOT = "0b6e5c2a-4a40-4d3e-9a39-5d3b8f0a9c11"
+
+
+def opened(boot: str = BOOT, pid: int | None = None) -> bytes:
+    """The ``OPENED`` record a process writes, by hand."""
+    return by_hand(6, struct.pack("<I", os.getpid() if pid is None else pid) + boot.encode())
+
+
+def quiet(path: Path, **kw: object) -> jr.Journal:
+    """A journal opened without its ``OPENED`` record (the framing tests count bytes)."""
+    return jr.Journal(path, boot_id=BOOT, announce=False, **kw)  # type: ignore[arg-type]
+
+
 def dirty(j: jr.Journal) -> bool:
     """``j.dirty``, read afresh (mypy would otherwise keep it narrowed across calls)."""
     return j.dirty
@@ -80,10 +93,10 @@ def test_parse_round_trip() -> None:
     assert records[1].range() == (4096, 100, None)
     assert records[3].range() == ((1 << 40) + 7, 1, b"\xff" * 16)
     assert records[4].exporting() == (12345, "exports/ab/cd/x/é/f")
-    assert list(jr.iter_ranges(records)) == [
-        (0, 4096, bytes(range(16))),
-        (4096, 100, None),
-        ((1 << 40) + 7, 1, b"\xff" * 16),
+    assert list(jr.iter_ranges(records)) == [  # the older records read as RUNs
+        jr.RangeRec(0, 4096, digest=bytes(range(16))),
+        jr.RangeRec(4096, 4196, synced=True),
+        jr.RangeRec((1 << 40) + 7, (1 << 40) + 8, digest=b"\xff" * 16),
     ]
 
 
@@ -190,7 +203,7 @@ def test_absurd_length_stops_without_reading_it() -> None:
 
 def test_new_journal_has_header_and_appends(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         assert path.read_bytes() == HEADER and j.size == len(HEADER)
         assert not dirty(j)
@@ -211,7 +224,7 @@ def test_new_journal_has_header_and_appends(tmp_path: Path) -> None:
         j.close()
     j.close()  # idempotent
     # reopening appends after what is there, no second header
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         assert j.size == len(HEADER + r1 + r2)
         j.add(jr.checkpoint_record(b"cp"))
@@ -223,7 +236,7 @@ def test_new_journal_has_header_and_appends(tmp_path: Path) -> None:
 
 def test_take_removes_buffered_records(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         r1 = jr.range_record(0, 1, None)
         r2 = jr.range_record(1, 1, None)
@@ -252,7 +265,7 @@ def test_valid_length_cuts_torn_tail_and_appends_after_it(tmp_path: Path) -> Non
     path.write_bytes(torn)
     records, valid = jr.read_journal(path)
     assert valid == len(data) and len(records) == 5
-    j = jr.Journal(path, valid_length=valid)
+    j = quiet(path, valid_length=valid)
     try:
         assert os.path.getsize(path) == len(data) == j.size
         extra = jr.range_record(777, 3, b"z" * 16)
@@ -275,7 +288,7 @@ def test_valid_length_after_corrupted_record_drops_everything_after_it(tmp_path:
     path.write_bytes(bytes(bad))
     records, valid = jr.read_journal(path)
     assert valid == ends[0] and len(records) == 1
-    j = jr.Journal(path, valid_length=valid)
+    j = quiet(path, valid_length=valid)
     try:
         j.add(jr.range_record(1, 1, None))
         j.write()
@@ -290,37 +303,37 @@ def test_valid_length_not_shorter_than_file_keeps_file(tmp_path: Path) -> None:
     path = tmp_path / "journal"
     data, _ = sample_journal()
     path.write_bytes(data)
-    jr.Journal(path, valid_length=len(data)).close()
+    quiet(path, valid_length=len(data)).close()
     assert path.read_bytes() == data
 
 
 def test_missing_journal_with_valid_length_zero_is_created(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    jr.Journal(path, valid_length=0).close()
+    quiet(path, valid_length=0).close()
     assert path.read_bytes() == HEADER
 
 
 def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         for i in range(50):
             j.add(jr.range_record(i * 10, 10, bytes([i]) * 16))
         j.write()
         pending = jr.range_record(500, 10, None)
-        j.add(pending)  # buffered when the rewrite starts: written to the old file first
+        j.add(pending)  # buffered when the rewrite starts: stays buffered (sync: not flushed)
         old_ino = os.stat(path).st_ino
         with open(path, "rb") as reader:  # a reader of the old file keeps seeing it whole
             keep = [jr.checkpoint_record(b"state"), jr.range_record(1000, 5, b"k" * 16)]
             j.rewrite(keep)
             old = reader.read()
-        assert not dirty(j)
+        assert dirty(j) and j.take() == [pending]
         assert jr.parse(old)[1] == len(old)
-        assert len(jr.parse(old)[0]) == 51
-        assert old.endswith(pending)
+        assert len(jr.parse(old)[0]) == 50
         assert os.stat(path).st_ino != old_ino  # replaced, not rewritten in place
-        assert path.read_bytes() == HEADER + keep[0] + keep[1]
-        assert j.size == len(HEADER + keep[0] + keep[1])
+        # a rewritten journal starts with this process's OPENED record
+        assert path.read_bytes() == HEADER + opened() + keep[0] + keep[1]
+        assert j.size == len(HEADER + opened() + keep[0] + keep[1])
         assert sorted(os.listdir(tmp_path)) == ["journal"]  # no temporary left behind
         # appends go to the new file
         j.add(jr.range_record(2000, 1, None))
@@ -330,16 +343,22 @@ def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
         j.close()
     records, valid = jr.read_journal(path)
     assert valid == os.path.getsize(path)
-    assert [r.type for r in records] == [jr.Rec.CHECKPOINT, jr.Rec.RANGE, jr.Rec.RANGE_SYNCED]
-    assert records[0].payload == b"state"
-    assert records[2].range() == (2000, 1, None)
+    assert [r.type for r in records] == [
+        jr.Rec.OPENED,
+        jr.Rec.CHECKPOINT,
+        jr.Rec.RANGE,
+        jr.Rec.RANGE_SYNCED,
+    ]
+    assert records[0].opened() == (os.getpid(), BOOT)
+    assert records[1].payload == b"state"
+    assert records[3].range() == (2000, 1, None)
 
 
 def test_rewrite_ignores_stale_temporary(tmp_path: Path) -> None:
     """A crash during an earlier rewrite left ``journal.tmp`` behind: it never counts."""
     path = tmp_path / "journal"
     (tmp_path / "journal.tmp").write_bytes(b"garbage from a crashed rewrite" * 100)
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         j.add(jr.range_record(0, 1, None))
         j.write()
@@ -347,26 +366,27 @@ def test_rewrite_ignores_stale_temporary(tmp_path: Path) -> None:
         j.rewrite([jr.checkpoint_record(b"s")])
     finally:
         j.close()
-    assert path.read_bytes() == HEADER + by_hand(3, b"s")
+    assert path.read_bytes() == HEADER + opened() + by_hand(3, b"s")
     assert not (tmp_path / "journal.tmp").exists()
 
 
 def test_rewrite_to_nothing(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         j.add(jr.range_record(0, 1, None))
         j.write()
         j.rewrite([])
-        assert j.size == len(HEADER)
+        assert j.size == len(HEADER + opened())
     finally:
         j.close()
-    assert jr.read_journal(path) == ([], len(HEADER))
+    records, valid = jr.read_journal(path)
+    assert [r.type for r in records] == [jr.Rec.OPENED] and valid == len(HEADER + opened())
 
 
 def test_large_write_is_one_complete_append(tmp_path: Path) -> None:
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     state = os.urandom(3 << 20)
     try:
         j.add(jr.checkpoint_record(state))
@@ -383,7 +403,7 @@ def test_failed_write_leaves_no_torn_record(tmp_path: Path) -> None:
     """A write that fails half way (disk full; here the file size limit) must not leave a
     partial record in front of the records appended after it: they would be unreadable."""
     path = tmp_path / "journal"
-    j = jr.Journal(path)
+    j = quiet(path)
     try:
         first = jr.range_record(0, 10, b"a" * 16)
         j.add(first)
@@ -416,3 +436,120 @@ def file_size_limit(limit: int) -> Iterator[None]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old_handler)
+
+
+# -- RUN and OPENED records ------------------------------------------------------------------
+
+
+def run_by_hand(start: int, end: int, flags: int, tail: bytes = b"") -> bytes:
+    return by_hand(5, struct.pack("<QQB", start, end, flags) + tail)
+
+
+def test_opening_announces_the_boot(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    jr.Journal(path, boot_id=BOOT).close()
+    jr.Journal(path, boot_id="other-boot").close()
+    assert path.read_bytes() == HEADER + opened() + opened("other-boot")
+    assert jr.current_boot_id() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_run_record_matches_documented_format() -> None:
+    state = bytes(range(jr.HASH_STATE_SIZE))
+    digest = b"d" * 16
+    assert jr.run_record(1, 9) == run_by_hand(1, 9, 0)
+    assert jr.run_record(1, 9, synced=True, state=state) == run_by_hand(1, 9, 5, state)
+    assert jr.run_record(1, 9, digest=digest, state=state) == run_by_hand(1, 9, 6, digest + state)
+    records, _ = jr.parse(HEADER + run_by_hand(3, 7, 6, digest + state))
+    assert records[0].run() == jr.RangeRec(3, 7, digest=digest, state=state)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        struct.pack("<QQB", 1, 2, 2),  # DIGEST flag, no digest
+        struct.pack("<QQB", 1, 2, 4) + b"x" * 16,  # STATE flag, short state
+        struct.pack("<QQB", 1, 2, 0) + b"extra",
+        struct.pack("<QQB", 5, 2, 0),  # end before start
+        struct.pack("<QQB", 1, 2, 8),  # unknown flag
+        struct.pack("<QQ", 1, 2),
+    ],
+)
+def test_malformed_run_stops(payload: bytes) -> None:
+    good = run_by_hand(0, 1, 0)
+    records, valid = jr.parse(HEADER + good + by_hand(5, payload) + good)
+    assert len(records) == 1 and valid == len(HEADER + good)
+
+
+def test_add_run_coalesces_contiguous_segments_of_one_kind(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    states = iter([b"S" * jr.HASH_STATE_SIZE, b"T" * jr.HASH_STATE_SIZE])
+    j = quiet(path)
+    try:
+        j.add_run(0, 10, state=lambda: next(states))
+        j.add_run(10, 30)  # continues: one record, with the state of when it is framed
+        j.add_run(30, 40, data=b"x" * 10)  # with a digest: another kind, another record
+        j.add_run(40, 45, data=b"y" * 5)
+        j.add_run(50, 60, data=b"z" * 10)  # not contiguous
+        j.add_run(60, 61, synced=True)  # synced: another kind
+        assert dirty(j)
+        j.write()
+        j.add_run(61, 62, state=lambda: next(states))  # a new batch: a new record
+        j.write()
+    finally:
+        j.close()
+    import blake3
+
+    records, _ = jr.read_journal(path)
+    assert [r.run() for r in records] == [
+        jr.RangeRec(0, 30, state=b"S" * jr.HASH_STATE_SIZE),
+        jr.RangeRec(30, 45, digest=blake3.blake3(b"x" * 10 + b"y" * 5).digest(length=16)),
+        jr.RangeRec(50, 60, digest=blake3.blake3(b"z" * 10).digest(length=16)),
+        jr.RangeRec(60, 61, synced=True),
+        jr.RangeRec(61, 62, state=b"T" * jr.HASH_STATE_SIZE),
+    ]
+
+
+def test_a_record_added_after_a_run_follows_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    j = quiet(path)
+    try:
+        j.add_run(0, 10)
+        j.add(jr.checkpoint_record(b"cp"))
+        assert j.take() == [jr.run_record(0, 10), jr.checkpoint_record(b"cp")]
+        j.add_run(0, 10)
+        assert j.take() == [jr.run_record(0, 10)]  # take frames the run too
+        assert not dirty(j)
+    finally:
+        j.close()
+
+
+def test_compact_keeps_uncovered_runs_and_the_buffer(tmp_path: Path) -> None:
+    import ftcore
+
+    path = tmp_path / "journal"
+    rs = ftcore.RangeSet()
+    rs.add(0, 100)
+    state = ftcore.Assembler.saved_ranges  # only the ranges matter to compact
+    with ftcore.Assembler(tmp_path / "data") as a:
+        a.place(0, b"a" * 100)
+        saved = a.dumps()
+    assert list(state(saved)) == list(rs)
+    j = quiet(path)
+    try:
+        j.add_run(0, 100, state=lambda: b"S" * jr.HASH_STATE_SIZE)
+        j.add_run(200, 300, data=b"q" * 100)
+        j.write()
+        j.add_run(300, 310, data=b"r" * 10)  # buffered: stays buffered
+        j.compact(saved)
+        assert dirty(j)
+        j.write()
+    finally:
+        j.close()
+    records, _ = jr.read_journal(path)
+    assert [r.type for r in records] == [
+        jr.Rec.OPENED,
+        jr.Rec.CHECKPOINT,
+        jr.Rec.RUN,
+        jr.Rec.RUN,
+    ]
+    assert [(r.run().start, r.run().end) for r in records[2:]] == [(200, 300), (300, 310)]

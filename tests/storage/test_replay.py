@@ -172,7 +172,11 @@ def test_replay_of_checkpoint_and_records(tmp_path: Path) -> None:
     path.write_bytes(jr.HEADER + b"".join(records))
     replay = jr.replay(path)
     assert replay.checkpoint == state
-    assert replay.ranges == ((100, 10, b"d" * 16), (200, 20, None))
+    assert replay.ranges == (
+        jr.RangeRec(100, 110, digest=b"d" * 16),
+        jr.RangeRec(200, 220, synced=True),
+    )
+    assert replay.boot_id is None and replay.states == ()  # an older journal: no such records
     assert replay.exporting == 100
     # the checkpoint's ranges (not the exported prefix: the checkpoint is newer) and records
     assert list(replay.received) == [(0, 50), (100, 110), (200, 220)]

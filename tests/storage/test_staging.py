@@ -20,6 +20,7 @@ import pytest
 from ftserver.errors import InvalidFileMetaJson, StorageError, TransferBusy
 from ftserver.meta import parse_filemeta
 from ftserver.storage import gc, staging
+from ftserver.storage import journal as jr
 
 META = parse_filemeta(json.dumps({"name": "f.bin", "segments_ttl": 600}).encode())
 
@@ -100,7 +101,10 @@ def test_create_locks_and_opens(tmp_path: Path) -> None:
     try:
         assert sorted(os.listdir(d)) == ["data", "journal"]
         assert os.listdir(root / staging.TMP) == []  # built there, renamed into place
-        assert (d / "journal").read_bytes() == b"FTJ1\n"
+        records, valid = jr.read_journal(d / "journal")  # the header, who opened it
+        assert [r.type for r in records] == [jr.Rec.OPENED] and valid == len(
+            (d / "journal").read_bytes()
+        )
         with pytest.raises(TransferBusy):
             staging.create(d, sync=False)  # the same transfer cannot be opened twice
         assert staging.staged_count(root, "c") == 1

@@ -192,9 +192,20 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
 
 
 def journal_records(path: Path) -> list[jr.Record]:
+    """The journal's records but the OPENED ones (bookkeeping of who wrote it, in which boot)."""
     records, valid = jr.read_journal(path)
     assert valid == os.path.getsize(path)
-    return records
+    return [r for r in records if r.type is not jr.Rec.OPENED]
+
+
+def spans(records: list[jr.Record]) -> list[tuple[int, int]]:
+    return [(r.run().start, r.run().end) for r in records]
+
+
+def hashed_by(state: bytes | None) -> int:
+    """How far a recorded hash state reaches."""
+    assert state is not None
+    return ftcore.RollingSha256.loads(state).length
 
 
 def check_export(
@@ -238,11 +249,12 @@ def test_commit_writes_range_records_fast(data_dir: Path) -> None:
         assert needs_commit(s)
         s.commit()
         assert not needs_commit(s)
-        got = [r.range() for r in journal_records(journal)]
-        assert got == [
-            (1000, 2000, blake3.blake3(data[1000:]).digest(length=16)),
-            (0, 1000, blake3.blake3(data[:1000]).digest(length=16)),
-        ]
+        got = [r.run() for r in journal_records(journal)]
+        # beyond the prefix: its BLAKE3 (checked after a machine crash)
+        assert got[0] == jr.RangeRec(1000, 3000, blake3.blake3(data[1000:]).digest(length=16))
+        # extends the prefix (and joins the rest): the hash state instead
+        assert (got[1].start, got[1].end, got[1].digest) == (0, 1000, None)
+        assert hashed_by(got[1].state) == 3000
         send(s, data, 0, 0)  # a zero-length segment is a no-op
         s.commit()
         assert len(journal_records(journal)) == 2
@@ -261,8 +273,9 @@ def test_commit_sync_writes_synced_records(data_dir: Path) -> None:
         journal = staging_dir(data_dir, CID, CID, FID) / "journal"
         assert journal_records(journal) == []
         await s.commit_sync()
-        got = [r.range() for r in journal_records(journal)]
-        assert got == [(0, 1000, None), (1000, 2000, None)]
+        [got] = [r.run() for r in journal_records(journal)]  # one run for the batch
+        assert (got.start, got.end, got.synced, got.digest) == (0, 3000, True, None)
+        assert hashed_by(got.state) == 3000
         assert (staging_dir(data_dir, CID, CID, FID) / "data").read_bytes() == data
         await s.close()
 
@@ -716,19 +729,23 @@ def test_fast_power_loss_drops_unflushed_ranges(data_dir: Path) -> None:
         s1.flush_bytes = 1 << 40
         for off in range(p, len(data), seg):
             send(s1, data, off, seg)
-        s1.commit()
+            s1.commit()  # a batch each: one RUN record each, with its hash state
         crash(s1)
         # power loss: B's page never reached the disk, and the file lost D's tail
         stage = staging_dir(data_dir, CID, CID, FID)
         overwrite(stage / "data", p + seg + 100, b"\0" * 1000)
         os.truncate(stage / "data", p + 3 * seg + 2000)
 
-        s2 = TransferStore(data_dir, durability="fast")
+        # the machine rebooted: the journal's boot is not the current one
+        s2 = TransferStore(data_dir, durability="fast", boot_id=lambda: "after-power-loss")
         t = await open_transfer(s2)
-        assert list(t.asm.ranges) == [(0, p + seg), (p + 2 * seg, p + 3 * seg)]
+        # A's state matches the file re-hashed from the checkpoint, B's does not: B and
+        # everything hashed after it (C, D) go
+        assert list(t.asm.ranges) == [(0, p + seg)]
+        assert t.asm.hashed == p + seg
         with pytest.raises(Incomplete) as exc:
             s2.fin_prepare(CID, FID, len(data), None)
-        missing = [[p + seg, p + 2 * seg], [p + 3 * seg, len(data)]]
+        missing = [[p + seg, len(data)]]
         assert exc.value.extra == {"missing": missing}
         for start, end in missing:
             send(s2, data, start, end - start)
@@ -872,7 +889,7 @@ def test_journal_compaction(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
         await asyncio.gather(*s1._tasks)
         records = journal_records(journal)
         assert records[0].type is jr.Rec.CHECKPOINT
-        assert [r.range()[:2] for r in records[1:]] == during
+        assert spans(records[1:]) == [(off, off + n) for off, n in during]
         assert os.stat(journal).st_size < size_before
         for off, n in after:
             send(s1, data, off, n)
@@ -1279,12 +1296,9 @@ def test_group_commit_writes_only_its_batch(data_dir: Path) -> None:
             assert needs_commit(s)
             release.set()
             await first
-        assert [r.range() for r in journal_records(journal)] == [(0, 1000, None)]
+        assert spans(journal_records(journal)) == [(0, 1000)]
         await s.commit_sync()
-        assert [r.range() for r in journal_records(journal)] == [
-            (0, 1000, None),
-            (1000, 1000, None),
-        ]
+        assert spans(journal_records(journal)) == [(0, 1000), (1000, 2000)]
         await s.close()
 
     run(main())
