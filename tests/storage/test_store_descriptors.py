@@ -8,6 +8,8 @@ process, lowered for one step and restored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -29,6 +31,30 @@ CID = "fleet-1"
 
 def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def no_descriptor_left() -> Iterator[None]:
+    """Not one descriptor can be opened in the block: the limit is lowered to what is open
+    and whatever slot is still free (the suite's objects close files as they are collected)
+    is taken by /dev/null, with the collector off so that none frees up meanwhile."""
+    gc.collect()
+    gc.disable()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fds() + 8, hard))
+    held: list[int] = []
+    try:
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()
 
 
 def meta(name: str = "f.bin") -> object:
@@ -143,13 +169,8 @@ def test_fin_without_a_descriptor_is_busy_and_exports_nothing(
         assert isinstance(got, Transfer)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: None)  # the executor's thread exists
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fds(), hard))
-        try:
-            with pytest.raises(ServerBusy):
-                await store.fin_export(got, len(data), None)
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with no_descriptor_left(), pytest.raises(ServerBusy):
+            await store.fin_export(got, len(data), None)
         assert store.exporter.lookup(CID, "f") is None
         assert not list((data_dir / "exports").rglob("f.bin"))
         got = store.fin_prepare(CID, "f", len(data), None)
