@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             per = (after - before) / args.n / 1024
             print(f"idle_conn_KiB {per:.2f} (n={args.n}, rss {before / 1e6:.1f} -> "
                   f"{after / 1e6:.1f} MB)")  # fmt: skip
-            for s in socks + [warm]:
+            for s in [*socks, warm]:
                 s.close()
         finally:
             svc.stop()
