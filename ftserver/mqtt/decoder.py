@@ -378,7 +378,7 @@ class _ReceiveBuffer:
     by what it sent: there is no buffer while nothing is buffered (one is allocated by the
     read that needs it, ``read_size`` bytes, and dropped once its last packet is consumed);
     a packet larger than that grows the buffer as its bytes arrive, by half of what is held
-    at most (``tight``: by ``read_size``), never to the announced size at once; and bytes are
+    at most (``tight``: an eighth), never to the announced size at once; and bytes are
     moved down within the buffer when that makes room and no view is pinned, or copied into
     a smaller one when the buffer is more than twice what the pending packet needs.
     Dropping never invalidates a payload view: the view keeps its buffer alive, and a
@@ -404,6 +404,12 @@ class _ReceiveBuffer:
         return self._end - self._start
 
     @property
+    def missing(self) -> int:
+        """Bytes the packet being received still lacks (0: none pending, or its header is
+        not complete yet)."""
+        return self._need - (self._end - self._start) if self._need else 0
+
+    @property
     def capacity(self) -> int:
         """Size of the receive buffer in bytes (0: none allocated)."""
         return len(self._buf)
@@ -412,8 +418,8 @@ class _ReceiveBuffer:
         """Writable free space for the next read (``asyncio.BufferedProtocol.get_buffer``).
 
         The view is at least ``read_size`` bytes; for a pending packet larger than that it
-        is up to half the bytes already held (so the buffer grows with what arrives), or
-        ``read_size`` when ``tight`` (the worker's budget for partial packets is spent).
+        is up to half the bytes already held (so the buffer grows with what arrives), an
+        eighth when ``tight`` (the worker's budget for partial packets is half spent).
         ``sizehint`` is only a hint (asyncio allows ignoring it) and is used as a lower bound
         when positive.
         """
@@ -447,6 +453,11 @@ class _ReceiveBuffer:
         """
         self._pinned = True
 
+    def close(self) -> None:
+        """The peer is gone: let the receive buffer go now, not when the decoder is collected
+        (payload views handed out stay valid: they keep their part of it alive)."""
+        self._drop()
+
     def shrink(self) -> None:
         """Drop the receive buffer if nothing is buffered (the decoder does so itself once a
         read's packets are consumed; this is for a buffer a read left empty)."""
@@ -460,8 +471,9 @@ class _ReceiveBuffer:
             used = self._end - self._start
             missing = self._need - used
             if missing > want:
-                if not tight and used >> 1 > want:
-                    want = used >> 1
+                step = used >> 3 if tight else used >> 1
+                if step > want:
+                    want = step
                 if missing < want:
                     want = missing
         return want
