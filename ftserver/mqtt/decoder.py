@@ -378,14 +378,15 @@ class _ReceiveBuffer:
     by what it sent: there is no buffer while nothing is buffered (one is allocated by the
     read that needs it, ``read_size`` bytes, and dropped once its last packet is consumed);
     a packet larger than that grows the buffer as its bytes arrive, by half of what is held
-    at most (``tight``: an eighth), never to the announced size at once; and bytes are
+    at most (``tight``: an eighth), never to the announced size at once (unless the peer
+    already completed a packet that large, see :meth:`_want`); and bytes are
     moved down within the buffer when that makes room and no view is pinned, or copied into
     a smaller one when the buffer is more than twice what the pending packet needs.
     Dropping never invalidates a payload view: the view keeps its buffer alive, and a
     dropped buffer is never written again.
     """
 
-    __slots__ = ("_buf", "_end", "_need", "_pinned", "_read_size", "_start", "_view")
+    __slots__ = ("_buf", "_end", "_large", "_need", "_pinned", "_read_size", "_start", "_view")
 
     def __init__(self, read_size: int) -> None:
         if read_size < 1:
@@ -396,6 +397,7 @@ class _ReceiveBuffer:
         self._start = 0  # first byte not yet consumed
         self._end = 0  # one past the last byte received
         self._need = 0  # total size of the packet being buffered, once its header is known
+        self._large = 0  # size of the last packet larger than read_size that completed
         self._pinned = False  # views into _buf are in use: never move bytes within it
 
     @property
@@ -465,18 +467,29 @@ class _ReceiveBuffer:
             self._drop()
 
     def _want(self, tight: bool) -> int:
-        """Free space to offer the next read (see the class docstring)."""
-        want = self._read_size
-        if self._need:
-            used = self._end - self._start
-            missing = self._need - used
-            if missing > want:
-                step = used >> 3 if tight else used >> 1
-                if step > want:
-                    want = step
-                if missing < want:
-                    want = missing
-        return want
+        """Free space to offer the next read (see the class docstring).
+
+        Once the rest of a large packet fits, a read size more is offered, so that the read
+        goes on into the next packet and the buffer is reused for it rather than emptied.
+        A packet no larger than the last large one this peer completed gets its room at once
+        (unless ``tight``): a stream of large segments does not regrow the buffer for each.
+        """
+        rs = self._read_size
+        need = self._need
+        if not need:
+            return rs
+        missing = need - (self._end - self._start)
+        if missing <= rs:
+            return rs
+        if tight:
+            step = (self._end - self._start) >> 3
+        elif need <= self._large:
+            return missing + rs
+        else:
+            step = (self._end - self._start) >> 1
+        if step < rs:
+            step = rs
+        return missing + rs if missing <= step else step
 
     def _reserve(self, want: int) -> None:
         """Make at least ``want`` bytes free after ``_end``."""
@@ -644,6 +657,8 @@ class Decoder(_ReceiveBuffer):
             first = buf[start]
             ptype = first >> 4
             self._need = 0
+            if total > self._read_size:
+                self._large = total
             self._start = start + total
             body = start + 2
             while buf[body - 1] & 0x80:
@@ -685,6 +700,8 @@ class Decoder(_ReceiveBuffer):
         if not start < pos <= self._end:
             raise ValueError(f"take_leading: position {pos} outside [{start}, {self._end}]")
         self._start = pos
+        if self._need > self._read_size:
+            self._large = self._need  # (the packet whose header was read is among them)
         self._need = 0
         self._consumed()
         return pos - start

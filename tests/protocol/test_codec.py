@@ -397,14 +397,43 @@ def test_a_large_packet_grows_the_buffer_with_what_arrived() -> None:
     assert packet.payload == b"x" * 1_000_000  # the view outlives the buffer's release
 
 
-def test_tight_growth_is_one_read_size_at_a_time() -> None:
+def test_a_stream_of_large_packets_reuses_one_buffer() -> None:
+    """Once the peer completed a packet that large, the next one gets its room at once,
+    and each read may go on into the next packet: the buffer is not regrown per packet."""
     decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
-    data = _publish("t", b"y" * 100_000)
-    capacities = _read_all(decoder, data[:50_000])
-    view = decoder.get_buffer(-1, tight=True)
-    assert len(view) <= 1024 + capacities[-1] - decoder.buffered
+    packets = [_publish("t", bytes([i]) * 100_000) for i in range(20)]
+    _read_all(decoder, packets[0])
+    assert isinstance(decoder.next_packet(), Publish)
+    assert decoder.capacity == 0  # (the read stopped at its end: nothing more was sent)
+    buffers = set()
+    stream = b"".join(packets[1:])
+    pos = 0
+    count = 0
+    while pos < len(stream):
+        view = decoder.get_buffer(-1)
+        buffers.add(id(view.obj))
+        n = min(len(view), len(stream) - pos)
+        view[:n] = stream[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+        while (packet := decoder.next_packet()) is not None:
+            count += 1
+            assert isinstance(packet, Publish) and packet.payload == bytes([count]) * 100_000
+    assert count == 19
+    assert len(buffers) <= 2  # not one per packet, nor per growth step
+
+
+def test_tight_growth_is_an_eighth_at_a_time() -> None:
+    decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
+    data = _publish("y", b"y" * 100_000)
+    _read_all(decoder, data[:50_000])
+    held = decoder.buffered
+    decoder.get_buffer(-1, tight=True)
+    grown = decoder.capacity
     decoder.buffer_updated(0)
-    _read_all(decoder, data[50_000:], tight=True)
+    assert grown <= held + max(1024, held // 8) + 1024  # not the half it would be else
+    capacities = _read_all(decoder, data[50_000:], tight=True)
+    assert len(capacities) > 5
     packet = decoder.next_packet()
     assert isinstance(packet, Publish)
     assert packet.payload == b"y" * 100_000
