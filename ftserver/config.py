@@ -429,7 +429,16 @@ class LimitsConfig:
         default=100_000,
         metadata=_spec(
             "int",
-            "Connections open at once (shared out over the workers); more are closed at once.",
+            "Connections open at once (shared out over the workers); more are answered busy.",
+            lo=0,
+        ),
+    )
+    partial_packet_budget: int = field(
+        default=256 * MiB,
+        metadata=_spec(
+            "size",
+            "Memory for packets not yet complete (shared out over the workers); beyond it the "
+            "largest holders stop being read until it frees.",
             lo=0,
         ),
     )

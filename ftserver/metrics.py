@@ -64,7 +64,7 @@ PROTOCOL_ERRORS = Counter(
 )
 CONNECTIONS_REFUSED = Counter(
     "ftserver_connections_refused_total",
-    "Connections closed at once because a connection limit was reached.",
+    "Connections refused because a connection limit was reached (CONNECT answered busy).",
     ["worker"],
 )
 LOGIN_FAILURES = Counter(
@@ -74,6 +74,18 @@ LOGIN_FAILURES = Counter(
 )
 TAKEOVERS = Counter(
     "ftserver_takeovers_total", "Sessions taken over by a new connection.", ["worker"]
+)
+PARTIAL_PACKET_BYTES = Gauge(
+    "ftserver_partial_packet_bytes",
+    "Receive-buffer memory held for packets not yet complete (limits.partial_packet_budget).",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PARTIAL_PACKET_PEAK = Gauge(
+    "ftserver_partial_packet_bytes_peak",
+    "Highest ftserver_partial_packet_bytes since the worker started.",
+    ["worker"],
+    multiprocess_mode="livemax",
 )
 TRANSFERS_STARTED = Counter(
     "ftserver_transfers_started_total", "Transfers whose init metadata was first stored."
@@ -177,6 +189,8 @@ ALL = [
     LOGIN_FAILURES,
     PROTOCOL_ERRORS,
     TAKEOVERS,
+    PARTIAL_PACKET_BYTES,
+    PARTIAL_PACKET_PEAK,
     TRANSFERS_STARTED,
     TRANSFERS_COMPLETED,
     TRANSFERS_FAILED,
@@ -280,6 +294,11 @@ class Meter:
         FIN_SECONDS.observe(seconds)
         if outcome.reason_code:
             TRANSFERS_FAILED.labels(outcome.description).inc()
+
+    def partial_packets(self, held: int, peak: int) -> None:
+        """The receive-buffer memory of packets not yet complete, now and at its highest."""
+        PARTIAL_PACKET_BYTES.labels(self.worker).set(held)
+        PARTIAL_PACKET_PEAK.labels(self.worker).set(peak)
 
     def delivered(self, n: int) -> None:
         self.responses += n

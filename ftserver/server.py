@@ -88,6 +88,7 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
+        return_freed_buffers()
         self.descriptors = self._size_descriptors()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         from ftserver import metrics  # only now: the multiprocess setting is in the env
@@ -187,6 +188,7 @@ class Server:
             lim.staging_low_water,
         )
         ctx.admission = ConnectionCounter(within(limits.share(self._workers), self.descriptors))
+        ctx.budget.limit = -(-lim.partial_packet_budget // self._workers)  # this worker's share
         sec = cfg.security
         listeners = [cfg.mqtt.listen] + ([self._tls_listen] if self._tls_listen else [])
         ctx.access = Access(
@@ -225,6 +227,8 @@ class Server:
         self.dispatcher.received_bytes = 0
         self.meter.native_segments += self.dispatcher.native_segment_count
         self.dispatcher.native_segment_count = 0
+        if self.ctx is not None:
+            self.meter.partial_packets(self.ctx.budget.total, self.ctx.budget.peak)
         self.meter.flush()
 
     def _housekeeping(self) -> None:
@@ -323,6 +327,24 @@ class _StoreMetrics(StoreHooks):
         from ftserver import metrics
 
         metrics.OPEN_TRANSFERS_CLOSED.labels("cache_full").inc()
+
+
+def return_freed_buffers() -> None:
+    """Have glibc map every allocation from 128 KiB on by itself, and unmap it when freed.
+
+    Receive buffers of large packets come and go (they grow as a packet arrives and are
+    dropped once it is consumed). By default glibc raises that threshold to the largest block
+    freed so far, after which such buffers come from the heap, and a heap fragmented by a
+    crowd of them keeps its size after they are freed: the server's memory would not come
+    back after a burst of large partial packets. Fixing the threshold keeps it coming back.
+    A no-op where there is no glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def mqtt_settings(config: Config) -> MqttSettings:

@@ -3,20 +3,30 @@
 Bytes arrive in the decoder's own buffer (``asyncio.BufferedProtocol``); the session core
 (:class:`ftserver.mqtt.core.SessionCore`) pulls the complete packets of each read from it and
 emits actions, which this class performs: writes, the one timer of the connection, pausing
-reading (while the write buffer is full, a CONNECT is being authenticated or claimed, or a
-group commit runs), and the async work the core asks for (password check, session claim,
-deferred commands, group commit), whose results go back to the core.
+reading (while the write buffer is full, a CONNECT is being authenticated or claimed, a
+group commit runs, or the worker's budget for partial packets is spent and this connection
+holds more than its share: :mod:`ftserver.mqtt.budget`), and the async work the core asks for
+(password check, session claim, deferred commands, group commit), whose results go back to
+the core.
+
+A connection over the connection limits is not dropped at once: it stays until its CONNECT
+arrives, which the core answers Server busy (3.1.1: Server unavailable), so the client learns
+why and backs off. At most :data:`MAX_REFUSING` such connections wait at a time; beyond that
+they are closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ftserver.errors import Outcome
+from ftserver.errors import Outcome, RateLimitedLog
 from ftserver.limits import ConnectionCounter, Limits
 from ftserver.mqtt.actions import (
     Action,
@@ -32,6 +42,7 @@ from ftserver.mqtt.actions import (
     StartTimer,
     VerifyLogin,
 )
+from ftserver.mqtt.budget import PartialPacketBudget
 from ftserver.mqtt.codec import Decoder
 from ftserver.mqtt.core import SessionCore
 from ftserver.mqtt.handler import CommandHandler
@@ -39,6 +50,10 @@ from ftserver.mqtt.session import SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
 
 log = logging.getLogger(__name__)
+_refused_log = RateLimitedLog(log, logging.WARNING)
+
+#: connections over the limits waiting for their CONNECT (to answer it Server busy) at once
+MAX_REFUSING = 256
 
 
 class ServerContext:
@@ -62,6 +77,10 @@ class ServerContext:
         self.on_event = on_event or (lambda _name: None)
         #: connection limits (total, per source address) of this process
         self.admission = ConnectionCounter(Limits())
+        #: bytes held for packets not yet complete, over every connection of this process
+        self.budget = PartialPacketBudget()
+        #: connections over the limits waiting for their CONNECT, to be answered busy
+        self.refusing = 0
 
     @property
     def anonymous_ok(self) -> bool:
@@ -74,6 +93,21 @@ class ServerContext:
 
 
 class MqttConnection(asyncio.BufferedProtocol):
+    __slots__ = (
+        "_admitted",
+        "_busy",
+        "_ip",
+        "_pauses",
+        "_tasks",
+        "_timer",
+        "budget_held",
+        "core",
+        "ctx",
+        "decoder",
+        "loop",
+        "transport",
+    )
+
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.decoder = Decoder(ctx.settings.max_packet_size)
@@ -82,11 +116,14 @@ class MqttConnection(asyncio.BufferedProtocol):
         )
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_event_loop()
-        self._pauses: set[str] = set()
+        self._pauses: set[str] | None = None  # why reading is paused (None: it is not)
         self._timer: asyncio.TimerHandle | None = None
         self._admitted = True
+        self._busy = False  # over the limits, waiting for its CONNECT to answer it busy
         self._ip = ""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
+        #: what the worker's budget counts for this connection (see ftserver.mqtt.budget)
+        self.budget_held = 0
 
     # -- asyncio protocol --------------------------------------------------------------------
 
@@ -99,16 +136,26 @@ class MqttConnection(asyncio.BufferedProtocol):
         peername = transport.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         self._ip = str(peername[0]) if isinstance(peername, tuple) else peer
-        if not self.ctx.admission.admit(self._ip):
-            log.warning("%s: connection limit reached, refused", peer)
-            self.ctx.on_event("connection_refused")
+        ctx = self.ctx
+        if not ctx.admission.admit(self._ip):
             self._admitted = False
-            self.core.closed = True
-            tr.abort()
+            ctx.on_event("connection_refused")
+            if ctx.refusing >= MAX_REFUSING:
+                _refused_log(
+                    "%s: connection limit reached, closed at once (too many waiting "
+                    "to be answered busy)",
+                    peer,
+                )
+                self.core.closed = True
+                tr.abort()
+                return
+            ctx.refusing += 1
+            self._busy = True
+            self.core.start(self.loop.time(), peer, admitted=False)
             return
-        self.ctx.connections.add(self)
+        ctx.connections.add(self)
         self.core.start(self.loop.time(), peer, self._certificate_cn())
-        self.ctx.on_event("connection_opened")
+        ctx.on_event("connection_opened")
 
     def _certificate_cn(self) -> str | None:
         """The subject CN of a verified client certificate (TLS listener), if any."""
@@ -123,11 +170,30 @@ class MqttConnection(asyncio.BufferedProtocol):
         return None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer(sizehint)
+        return self.decoder.get_buffer(sizehint, tight=self.ctx.budget.tight)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.decoder.buffer_updated(nbytes)
         self.core.receive(self.loop.time())
+        self._account()
+
+    def _account(self) -> None:
+        """Tell the budget what this connection holds now (after the core took its packets)."""
+        decoder = self.decoder
+        held = decoder.capacity if decoder.buffered else 0
+        if held or self.budget_held:
+            self.ctx.budget.update(self, held)
+
+    # -- the budget's view (ftserver.mqtt.budget.Holder) -------------------------------------
+
+    def budget_pause(self) -> None:
+        self._pause("budget")
+
+    def budget_resume(self) -> None:
+        self._resume("budget")
+
+    def budget_missing(self) -> int:
+        return self.decoder.missing
 
     def eof_received(self) -> bool:
         return False
@@ -139,15 +205,19 @@ class MqttConnection(asyncio.BufferedProtocol):
         self._resume("write")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._admitted:
-            return
-        self.ctx.admission.release(self._ip)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.ctx.connections.discard(self)
+        self.ctx.budget.forget(self)
+        self.decoder.close()
         self.core.connection_lost()
-        self.decoder.detach()
+        if not self._admitted:
+            if self._busy:
+                self._busy = False
+                self.ctx.refusing -= 1
+            return
+        self.ctx.admission.release(self._ip)
+        self.ctx.connections.discard(self)
         self.ctx.on_event("connection_closed")
 
     # -- actions of the core -----------------------------------------------------------------
@@ -185,27 +255,54 @@ class MqttConnection(asyncio.BufferedProtocol):
 
     def _timer_fired(self) -> None:
         self._timer = None
-        self.core.timer_fired(self.loop.time())
+        now = self.loop.time()
+        if self._pauses is not None and "budget" in self._pauses and self._unread():
+            # the server holds reading back, not the client: what waits unread is activity
+            self.core.alive(now)
+        self.core.timer_fired(now)
+
+    def _unread(self) -> int:
+        """Bytes waiting in the socket's receive queue (0 if unknown)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return 0
+        try:
+            raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int(struct.unpack("i", raw)[0])
 
     def _pause(self, reason: str) -> None:
-        if not self._pauses and self.transport is not None and not self.core.closed:
-            self.transport.pause_reading()
-        self._pauses.add(reason)
+        pauses = self._pauses
+        if pauses is None:
+            pauses = self._pauses = set()
+            if self.transport is not None and not self.core.closed:
+                self.transport.pause_reading()
+        pauses.add(reason)
 
     def _resume(self, reason: str) -> None:
-        self._pauses.discard(reason)
-        if not self._pauses and self.transport is not None and not self.core.closed:
-            self.transport.resume_reading()
+        pauses = self._pauses
+        if pauses is None:
+            return
+        pauses.discard(reason)
+        if not pauses:
+            self._pauses = None
+            if self.transport is not None and not self.core.closed:
+                self.transport.resume_reading()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _verify(self, username: str, password: bytes) -> None:
         passwords = self.ctx.access.passwords
         assert passwords is not None
         self.core.login_verified(await passwords.verify(username, password))
+        self._account()
 
     async def _claim(self, client_id: str) -> None:
         bridge = self.ctx.registry.bridge
@@ -216,6 +313,7 @@ class MqttConnection(asyncio.BufferedProtocol):
             self.core.claim_failed(exc)
             return
         self.core.session_claimed(blob)
+        self._account()
 
     async def _await(self, job: object, final: Awaitable[Outcome]) -> None:
         try:
@@ -230,8 +328,10 @@ class MqttConnection(asyncio.BufferedProtocol):
             await self.ctx.handler.group_commit()
         except Exception as exc:  # the core maps it (errors.outcome_of)
             self.core.commit_done(batch, exc)
+            self._account()
             return
         self.core.commit_done(batch, None)
+        self._account()
 
     # -- the server's view -------------------------------------------------------------------
 
@@ -241,4 +341,4 @@ class MqttConnection(asyncio.BufferedProtocol):
     async def wait_idle(self) -> None:
         """Wait for deferred commands (held fins) of this connection."""
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from ftserver.acl import DEFAULT_GRANT
 from ftserver.auth import FAILED_LOGIN_DELAY
-from ftserver.errors import NotAuthorized, Outcome, outcome_of
+from ftserver.errors import NotAuthorized, Outcome, RateLimitedLog, outcome_of
 from ftserver.mqtt import codec
 from ftserver.mqtt.actions import (
     Action,
@@ -67,6 +67,8 @@ from ftserver.names import esc_len
 from ftserver.topics import RESPONSE_PREFIX, is_file_command_topic, is_valid_topic_filter
 
 log = logging.getLogger(__name__)
+#: refusals at the connection limits come in floods (a fleet reconnecting): rate-limited
+_busy_log = RateLimitedLog(log, logging.WARNING)
 
 R = ReasonCode
 #: Receive Maximum a client has when it announces none (MQTT 5 §3.1.2.11.3)
@@ -134,6 +136,7 @@ class SessionCore:
     """
 
     __slots__ = (
+        "_admitted",
         "_aliases",
         "_batch",
         "_client_max_packet",
@@ -200,15 +203,31 @@ class SessionCore:
         self._grant = DEFAULT_GRANT
         self._client_receive_maximum = DEFAULT_CLIENT_RECEIVE_MAXIMUM
         self._client_max_packet = 0
+        #: False: the connection limits were reached; the CONNECT is answered Server busy
+        self._admitted = True
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def start(self, now: float, peer: str = "?", cert_cn: str | None = None) -> None:
-        """The connection is open: the CONNECT must come within the connect timeout."""
+    def start(
+        self, now: float, peer: str = "?", cert_cn: str | None = None, *, admitted: bool = True
+    ) -> None:
+        """The connection is open: the CONNECT must come within the connect timeout.
+
+        ``admitted`` False: the server is at its connection limits. The CONNECT is then
+        answered Server busy (MQTT 3.1.1: Server unavailable) and the connection closed, so
+        the client learns why rather than seeing its connection reset; without a CONNECT
+        within the connect timeout the connection is closed.
+        """
         self.peer = peer
         self.cert_cn = cert_cn
         self._last_rx = now
+        self._admitted = admitted
         self._start_timer(self.settings.connect_timeout, self._connect_timeout)
+
+    def alive(self, now: float) -> None:
+        """The client is sending (its bytes wait unread while the server holds reading
+        back): for the keep-alive, as if they had been received ``now``."""
+        self._last_rx = now
 
     def receive(self, now: float) -> None:
         """Bytes arrived (at ``now``): handle every complete packet of the source."""
@@ -366,6 +385,10 @@ class SessionCore:
     def _on_connect(self, p: Connect) -> None:
         level = self.level = p.protocol_level
         self._cancel_timer()
+        if not self._admitted:
+            _busy_log("%s (%s): connection limit reached, answered busy", self.peer, p.client_id)
+            self._refuse(R.SERVER_BUSY)
+            return
         props = p.properties
         if level == MQTT_V5 and "authentication_method" in props:
             self._refuse(R.BAD_AUTHENTICATION_METHOD)

@@ -368,26 +368,36 @@ class _ReceiveBuffer:
 
     - ``_buf`` (a bytearray) and ``_view`` (a memoryview of it) hold the unconsumed bytes at
       ``[_start, _end)``; the decoder reads them there and advances ``_start`` past each
-      packet it decodes. Payloads are handed out as slices of ``_view``.
+      packet it decodes, then calls :meth:`_consumed`. Payloads are handed out as slices of
+      ``_view``.
     - ``_need`` is the total size of the packet at ``_start`` once its header has been read
       (0 before): the decoder sets it, the buffer sizes the next read with it.
     - :meth:`_release` drops the buffer for good (the decoder failed).
 
-    The allocation policy is to hold ``read_size`` bytes from the start, grown to fit a large
-    packet, moved down within the buffer when that makes room and no view is pinned.
+    The allocation policy is what keeps an idle connection cheap and a stalled one bounded
+    by what it sent: there is no buffer while nothing is buffered (one is allocated by the
+    read that needs it, ``read_size`` bytes, and dropped once its last packet is consumed);
+    a packet larger than that grows the buffer as its bytes arrive, by half of what is held
+    at most (``tight``: an eighth), never to the announced size at once (unless the peer
+    already completed a packet that large, see :meth:`_want`); and bytes are
+    moved down within the buffer when that makes room and no view is pinned, or copied into
+    a smaller one when the buffer is more than twice what the pending packet needs.
+    Dropping never invalidates a payload view: the view keeps its buffer alive, and a
+    dropped buffer is never written again.
     """
 
-    __slots__ = ("_buf", "_end", "_need", "_pinned", "_read_size", "_start", "_view")
+    __slots__ = ("_buf", "_end", "_large", "_need", "_pinned", "_read_size", "_start", "_view")
 
     def __init__(self, read_size: int) -> None:
         if read_size < 1:
             raise ValueError("read_size must be positive")
         self._read_size = read_size
-        self._buf = bytearray(read_size)
-        self._view = memoryview(self._buf)
+        self._buf = _NO_BUFFER
+        self._view = _NO_VIEW
         self._start = 0  # first byte not yet consumed
         self._end = 0  # one past the last byte received
         self._need = 0  # total size of the packet being buffered, once its header is known
+        self._large = 0  # size of the last packet larger than read_size that completed
         self._pinned = False  # views into _buf are in use: never move bytes within it
 
     @property
@@ -396,19 +406,26 @@ class _ReceiveBuffer:
         return self._end - self._start
 
     @property
+    def missing(self) -> int:
+        """Bytes the packet being received still lacks (0: none pending, or its header is
+        not complete yet)."""
+        return self._need - (self._end - self._start) if self._need else 0
+
+    @property
     def capacity(self) -> int:
-        """Size of the receive buffer in bytes."""
+        """Size of the receive buffer in bytes (0: none allocated)."""
         return len(self._buf)
 
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
+    def get_buffer(self, sizehint: int = -1, *, tight: bool = False) -> memoryview:
         """Writable free space for the next read (``asyncio.BufferedProtocol.get_buffer``).
 
-        The view is at least ``read_size`` bytes, or large enough for the rest of a pending
-        packet whose header has been read, so a large PUBLISH arrives in few reads.
+        The view is at least ``read_size`` bytes; for a pending packet larger than that it
+        is up to half the bytes already held (so the buffer grows with what arrives), an
+        eighth when ``tight`` (the worker's budget for partial packets is half spent).
         ``sizehint`` is only a hint (asyncio allows ignoring it) and is used as a lower bound
         when positive.
         """
-        want = self._want()
+        want = self._want(tight)
         if sizehint > want:
             want = sizehint
         self._reserve(want)
@@ -425,7 +442,7 @@ class _ReceiveBuffer:
         n = data.nbytes if isinstance(data, memoryview) else len(data)
         if not n:
             return
-        self._reserve(max(n, self._want()))
+        self._reserve(max(n, self._want(False)))
         end = self._end
         self._buf[end : end + n] = data
         self._end = end + n
@@ -438,36 +455,57 @@ class _ReceiveBuffer:
         """
         self._pinned = True
 
-    def shrink(self) -> None:
-        """Drop a receive buffer grown by large packets when nothing is buffered (e.g. idle)."""
-        if self._start == self._end and len(self._buf) > self._read_size:
-            self._new_buffer(self._read_size)
+    def close(self) -> None:
+        """The peer is gone: let the receive buffer go now, not when the decoder is collected
+        (payload views handed out stay valid: they keep their part of it alive)."""
+        self._drop()
 
-    def _want(self) -> int:
-        want = self._read_size
-        if self._need:
-            missing = self._need - (self._end - self._start)
-            if missing > want:
-                want = missing
-        return want
+    def shrink(self) -> None:
+        """Drop the receive buffer if nothing is buffered (the decoder does so itself once a
+        read's packets are consumed; this is for a buffer a read left empty)."""
+        if self._start == self._end:
+            self._drop()
+
+    def _want(self, tight: bool) -> int:
+        """Free space to offer the next read (see the class docstring).
+
+        Once the rest of a large packet fits, a read size more is offered, so that the read
+        goes on into the next packet and the buffer is reused for it rather than emptied.
+        A packet no larger than the last large one this peer completed gets its room at once
+        (unless ``tight``): a stream of large segments does not regrow the buffer for each.
+        """
+        rs = self._read_size
+        need = self._need
+        if not need:
+            return rs
+        missing = need - (self._end - self._start)
+        if missing <= rs:
+            return rs
+        if tight:
+            step = (self._end - self._start) >> 3
+        elif need <= self._large:
+            return missing + rs
+        else:
+            step = (self._end - self._start) >> 1
+        if step < rs:
+            step = rs
+        return missing + rs if missing <= step else step
 
     def _reserve(self, want: int) -> None:
         """Make at least ``want`` bytes free after ``_end``."""
         start = self._start
         end = self._end
-        if start == end and start and not self._pinned:
-            self._start = self._end = start = end = 0
         size = len(self._buf)
         if size - end >= want:
             return
         used = end - start
-        if not self._pinned and size - used >= want:
+        if not self._pinned and size - used >= want and size <= 2 * max(used + want, self._need):
             buf = self._buf
             buf[:used] = buf[start:end]  # same length: an in-place move, allowed with views out
             self._start = 0
             self._end = used
             return
-        self._new_buffer(max(size * 2, used + want))
+        self._new_buffer(used + want)
 
     def _new_buffer(self, size: int) -> None:
         used = self._end - self._start
@@ -479,11 +517,26 @@ class _ReceiveBuffer:
         self._end = used
         self._pinned = False
 
-    def _release(self) -> None:
-        """Drop the receive buffer (views handed out keep their part of it alive)."""
-        self._buf = bytearray()
-        self._view = memoryview(self._buf)
+    def _consumed(self) -> None:
+        """The decoder advanced ``_start``: with nothing left, let the buffer go."""
+        if self._start == self._end:
+            self._drop()
+
+    def _drop(self) -> None:
+        """No buffer until the next read (views handed out keep their part of it alive)."""
+        self._buf = _NO_BUFFER
+        self._view = _NO_VIEW
         self._start = self._end = self._need = 0
+        self._pinned = False
+
+    def _release(self) -> None:
+        """Drop the receive buffer for good: the decoder failed."""
+        self._drop()
+
+
+#: The buffer of every decoder holding nothing (never written: it has no room).
+_NO_BUFFER: Final = bytearray()
+_NO_VIEW: Final = memoryview(_NO_BUFFER)
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,8 +562,8 @@ class Decoder(_ReceiveBuffer):
 
     **Payload lifetime.** A decoded PUBLISH carries ``payload`` as a memoryview into the
     receive buffer: no copy is made. Such a view stays valid until the next call to
-    :meth:`get_buffer`, :meth:`feed` or :meth:`shrink` (those may move unconsumed bytes over
-    it); :meth:`next_packet` never invalidates earlier payloads, so all the packets of one read
+    :meth:`get_buffer` or :meth:`feed` (those may move unconsumed bytes over it);
+    :meth:`next_packet` never invalidates earlier payloads, so all the packets of one read
     can be decoded first and handled afterwards. To keep payloads longer, call :meth:`detach`:
     the memory behind every view handed out so far is then never reused. Copy with
     ``bytes(payload)`` to keep one past that.
@@ -604,6 +657,8 @@ class Decoder(_ReceiveBuffer):
             first = buf[start]
             ptype = first >> 4
             self._need = 0
+            if total > self._read_size:
+                self._large = total
             self._start = start + total
             body = start + 2
             while buf[body - 1] & 0x80:
@@ -615,6 +670,8 @@ class Decoder(_ReceiveBuffer):
             packet = decode(self, reader, first)
             if reader.pos != reader.end:
                 raise malformed("§2.1.4", f"{reader.end - reader.pos} bytes follow the last field")
+            if self._start == self._end:
+                self._drop()  # the packet keeps its payload's buffer alive as long as it needs
             return packet
         except ProtocolError as exc:
             if exc.packet_type is None and ptype:
@@ -643,7 +700,10 @@ class Decoder(_ReceiveBuffer):
         if not start < pos <= self._end:
             raise ValueError(f"take_leading: position {pos} outside [{start}, {self._end}]")
         self._start = pos
+        if self._need > self._read_size:
+            self._large = self._need  # (the packet whose header was read is among them)
         self._need = 0
+        self._consumed()
         return pos - start
 
     def _read_header(self, start: int, avail: int, ptype: int) -> int:

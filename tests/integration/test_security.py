@@ -200,11 +200,13 @@ def test_quotas(make_server: Callable[..., ServerProcess]) -> None:
     assert c.doc_for("$file/a/102400")["reason_description"] == "quota_exceeded"
     time.sleep(0.7)
     assert c.command("$file/a/102400", os.urandom(60 * 1024)) == 0
-    # a fourth connection from this address is closed at once (3 allowed; c is one)
+    # a fourth connection from this address is answered busy (3 allowed; c is one)
     others = [RawClient(srv.mqtt_port) for _ in range(2)]
     for k, o in enumerate(others):
         assert isinstance(o.connect(f"extra-{k}"), Connack)
     with RawClient(srv.mqtt_port) as refused:
+        busy = refused.connect("extra-2")
+        assert isinstance(busy, Connack) and busy.reason_code == 0x89
         assert refused.recv() is None
     for o in others:
         o.close()

@@ -103,6 +103,7 @@ class Client:
         commands: Commands | None = None,
         now: float = 0.0,
         cert_cn: str | None = None,
+        admitted: bool = True,
     ) -> None:
         self.decoder = Decoder(settings.max_packet_size)
         self.registry = registry if registry is not None else SessionRegistry()
@@ -116,7 +117,7 @@ class Client:
             self.decoder,
             self.actions.append,
         )
-        self.core.start(now, "peer:1", cert_cn)
+        self.core.start(now, "peer:1", cert_cn, admitted=admitted)
 
     def feed(self, *packets: bytes, now: float = 0.0) -> list[Action]:
         """Send the packets in one read; returns the actions this caused."""

@@ -286,7 +286,7 @@ def _publish(topic: str, payload: bytes, level: int = MQTT_V5) -> bytes:
 
 def test_payload_is_a_view_into_the_receive_buffer() -> None:
     decoder = Decoder(MAX, protocol_level=MQTT_V5)
-    decoder.feed(_publish("t", b"abc" * 100))
+    decoder.feed(_publish("t", b"abc" * 100) + b"\x32")  # and the first byte of the next
     packet = decoder.next_packet()
     assert isinstance(packet, Publish)
     assert isinstance(packet.payload, memoryview)
@@ -316,15 +316,19 @@ def test_detach_keeps_payloads_valid_across_reads() -> None:
 
 
 def test_without_detach_the_buffer_is_reused() -> None:
+    """While bytes stay buffered, each packet's bytes go where the last one's were."""
     decoder = Decoder(MAX, protocol_level=MQTT_V5, read_size=1024)
+    packets = [_publish("t", bytes([i]) * 300) for i in range(101)]
+    decoder.feed(packets[0][:1])
     ids = set()
     for i in range(100):
-        decoder.feed(_publish("t", bytes([i]) * 300))
+        decoder.feed(packets[i][1:] + packets[i + 1][:1])  # each read ends in the next packet
         packet = decoder.next_packet()
         assert isinstance(packet, Publish)
+        assert packet.payload == bytes([i]) * 300
         ids.add(id(packet.payload.obj))  # type: ignore[union-attr]
     assert len(ids) == 1
-    assert decoder.capacity == 1024
+    assert decoder.capacity <= 1024 + 1
 
 
 def test_buffer_stays_bounded_with_unaligned_reads() -> None:
@@ -335,24 +339,133 @@ def test_buffer_stays_bounded_with_unaligned_reads() -> None:
     for i in range(0, len(stream), 1500):
         decoder.feed(stream[i : i + 1500])
         count += len(list(decoder))
+        assert decoder.capacity <= 2 * 4096
     assert count == 300
-    assert decoder.capacity <= 2 * 4096
+    assert decoder.capacity == 0  # all consumed
 
 
-def test_get_buffer_grows_for_a_pending_large_packet() -> None:
+def test_no_buffer_until_bytes_arrive_and_none_once_consumed() -> None:
+    decoder = Decoder(MAX, protocol_level=MQTT_V5, read_size=1024)
+    assert decoder.capacity == 0
+    view = decoder.get_buffer(-1)  # a read is about to happen: now there is one
+    assert len(view) == decoder.capacity == 1024
+    data = _publish("t", b"x" * 100) * 3
+    view[: len(data)] = data
+    decoder.buffer_updated(len(data))
+    assert len(list(decoder)) == 3
+    assert decoder.capacity == 0  # the last packet consumed: the buffer went with it
+    decoder.get_buffer(-1)
+    decoder.buffer_updated(0)  # a read that found nothing (EAGAIN)
+    assert decoder.capacity == 1024
+    decoder.shrink()
+    assert decoder.capacity == 0
+
+
+def _read_all(decoder: Decoder, data: bytes, *, tight: bool = False) -> list[int]:
+    """Deliver ``data`` as a socket would, each read filling the view offered; the
+    capacity after each read."""
+    seen = []
+    pos = 0
+    while pos < len(data):
+        view = decoder.get_buffer(-1, tight=tight)
+        n = min(len(view), len(data) - pos)
+        view[:n] = data[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+        if decoder.buffered:
+            seen.append(decoder.capacity)
+    return seen
+
+
+def test_a_large_packet_grows_the_buffer_with_what_arrived() -> None:
     decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
     data = _publish("t", b"x" * 1_000_000)
     decoder.feed(data[:100])
     assert decoder.next_packet() is None
-    view = decoder.get_buffer(-1)
-    assert len(view) >= len(data) - 100  # the rest of the packet fits in one read
-    view[: len(data) - 100] = data[100:]
-    decoder.buffer_updated(len(data) - 100)
+    assert decoder.capacity == 1024  # not the announced million
+    capacities = _read_all(decoder, data[100:])
+    # never more than half again what had arrived (plus one read) when the buffer grew
+    held = 100
+    for cap in capacities:
+        assert cap <= max(1024, held + held // 2 + 1024)
+        held = cap
+    assert len(capacities) > 5  # it grew in steps, not at once
     packet = decoder.next_packet()
     assert isinstance(packet, Publish)
-    assert len(packet.payload) == 1_000_000
-    decoder.shrink()
-    assert decoder.capacity == 1024
+    assert packet.payload == b"x" * 1_000_000
+    assert decoder.capacity == 0  # shrunk back (to nothing) after the large packet
+    assert packet.payload == b"x" * 1_000_000  # the view outlives the buffer's release
+
+
+def test_a_stream_of_large_packets_reuses_one_buffer() -> None:
+    """Once the peer completed a packet that large, the next one gets its room at once,
+    and each read may go on into the next packet: the buffer is not regrown per packet."""
+    decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
+    packets = [_publish("t", bytes([i]) * 100_000) for i in range(20)]
+    _read_all(decoder, packets[0])
+    assert isinstance(decoder.next_packet(), Publish)
+    assert decoder.capacity == 0  # (the read stopped at its end: nothing more was sent)
+    buffers = set()
+    stream = b"".join(packets[1:])
+    pos = 0
+    count = 0
+    while pos < len(stream):
+        view = decoder.get_buffer(-1)
+        buffers.add(id(view.obj))
+        n = min(len(view), len(stream) - pos)
+        view[:n] = stream[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+        while (packet := decoder.next_packet()) is not None:
+            count += 1
+            assert isinstance(packet, Publish) and packet.payload == bytes([count]) * 100_000
+    assert count == 19
+    assert len(buffers) <= 2  # not one per packet, nor per growth step
+
+
+def test_tight_growth_is_an_eighth_at_a_time() -> None:
+    decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
+    data = _publish("y", b"y" * 100_000)
+    _read_all(decoder, data[:50_000])
+    held = decoder.buffered
+    decoder.get_buffer(-1, tight=True)
+    grown = decoder.capacity
+    decoder.buffer_updated(0)
+    assert grown <= held + max(1024, held // 8) + 1024  # not the half it would be else
+    capacities = _read_all(decoder, data[50_000:], tight=True)
+    assert len(capacities) > 5
+    packet = decoder.next_packet()
+    assert isinstance(packet, Publish)
+    assert packet.payload == b"y" * 100_000
+
+
+def test_a_big_buffer_shrinks_when_the_next_packet_is_small() -> None:
+    decoder = Decoder(1 << 22, protocol_level=MQTT_V5, read_size=1024)
+    big = _publish("t", b"z" * 200_000)
+    small = _publish("t", b"s" * 10)
+    decoder.feed(big + small[:3])
+    assert isinstance(decoder.next_packet(), Publish)
+    assert decoder.capacity >= 200_000
+    decoder.get_buffer(-1)  # the next read: a small packet pending, the buffer is cut down
+    assert decoder.capacity <= 2 * 1024
+    decoder.feed(small[3:])
+    packet = decoder.next_packet()
+    assert isinstance(packet, Publish) and packet.payload == b"s" * 10
+
+
+def test_pinned_views_stay_valid_across_new_buffers() -> None:
+    decoder = Decoder(MAX, protocol_level=MQTT_V5, read_size=64)
+    first = _publish("a", b"1" * 300)
+    second = _publish("b", b"2" * 300)
+    decoder.feed(first + second[:10])
+    packet = decoder.next_packet()
+    assert isinstance(packet, Publish)
+    decoder.detach()
+    decoder.feed(second[10:])  # must not move the unconsumed bytes over the pinned payload
+    later = decoder.next_packet()
+    assert isinstance(later, Publish)
+    assert packet.payload == b"1" * 300
+    assert later.payload == b"2" * 300
 
 
 def test_get_buffer_honours_a_larger_sizehint() -> None:
