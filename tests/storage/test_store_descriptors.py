@@ -144,7 +144,9 @@ def test_fin_without_a_descriptor_is_busy_and_exports_nothing(
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: None)  # the executor's thread exists
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fds(), hard))
+        free = os.dup(0)  # the lowest free descriptor: not one more can be opened below it
+        os.close(free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
         try:
             with pytest.raises(ServerBusy):
                 await store.fin_export(got, len(data), None)
