@@ -140,8 +140,7 @@ class LocalExporter:
 
         Every descriptor it needs is opened before the rename. Run again after a failure, it
         finishes the job (the file already in place is kept)."""
-        d = self.transfer_dir(client_id, file_id)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self._make_dir(client_id, file_id)
         target = d / meta.name
         manifest = d / (meta.name + MANIFEST_SUFFIX)
         body = _manifest(client_id, file_id, meta, checksum)
@@ -174,6 +173,22 @@ class LocalExporter:
             if dir_fd >= 0:
                 os.close(dir_fd)
         return ExportInfo(client_id, file_id, meta, size, checksum, target)
+
+    def _make_dir(self, client_id: str, file_id: str) -> Path:
+        """Create the directory of a transfer's exports, from the top: a new transfer's is
+        new from ``B2`` or ``B3`` down, and one ``mkdir`` per level costs half the calls of
+        climbing up from the bottom until one exists."""
+        parts = tree.transfer_dir_key(client_id, file_id)
+        d = self.root.joinpath(*parts)
+        path = str(self.root)
+        try:
+            for part in parts:
+                path = f"{path}/{part}"
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path)
+        except FileNotFoundError:  # the root itself is gone
+            d.mkdir(parents=True, exist_ok=True)
+        return d
 
     @staticmethod
     def _move(data_path: Path, target: Path, d: Path) -> None:

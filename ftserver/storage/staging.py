@@ -311,7 +311,7 @@ def staged_dirs(staging: Path) -> Iterator[Path]:
         yield journal.parent
 
 
-def remove(d: Path) -> None:
+def remove(d: Path, *, exported: bool = False) -> None:
     """Delete a staging directory and everything in it (what is already gone is fine).
 
     Whoever calls this holds the directory's lock and releases it only afterwards: another
@@ -319,9 +319,9 @@ def remove(d: Path) -> None:
 
     The files a staging directory holds are known, so they are unlinked by name (a few
     system calls, where a tree walk costs a dozen: this runs once per file uploaded); a
-    directory holding anything else is walked.
+    directory holding anything else is walked. ``exported``: its data file was moved away.
     """
-    for name in _FILES:
+    for name in _FILES[:2] if exported else _FILES:
         try:
             os.unlink(d / name)
         except FileNotFoundError:

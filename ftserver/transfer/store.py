@@ -769,7 +769,7 @@ def _prepare_export(t: Transfer, size: int, sync: bool) -> None:
 
 
 def _remove_staging(t: Transfer) -> None:
-    staging.remove(t.dir)  # while both locks are held
+    staging.remove(t.dir, exported=True)  # while both locks are held
     t.asm.close()
     t.journal.close()
     t.unlock()
