@@ -96,7 +96,8 @@ class LocalExporter:
     async def export(
         self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
     ) -> ExportInfo:
-        """Move the (flushed, truncated) staging file into the exports, write the manifest."""
+        """Move the (flushed, truncated) staging file into the exports beside its manifest,
+        everything flushed (the store's own fin path calls :meth:`export_blocking`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, self.export_blocking, client_id, file_id, meta, data_path, checksum
@@ -114,39 +115,80 @@ class LocalExporter:
         return self.lookup(client_id, file_id)
 
     def export_blocking(
-        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, checksum: str
+        self,
+        client_id: str,
+        file_id: str,
+        meta: FileMeta,
+        data_path: Path,
+        checksum: str,
+        *,
+        sync: bool = True,
     ) -> ExportInfo:
-        """:meth:`export`, blocking (renames and fsyncs).
+        """:meth:`export`, blocking. The caller has flushed ``data_path`` (so that no power
+        loss leaves a file beside its manifest that is not whole).
 
-        Every descriptor it needs is opened before the rename: once the file has moved, only
-        a failure of the disk itself (not a lack of descriptors) can stop the manifest, so a
-        file is not left exported-but-unreported by a busy process. Run again after such a
-        failure it finishes the job (the file already in place is kept)."""
-        d = self.transfer_dir(client_id, file_id)
-        d.mkdir(parents=True, exist_ok=True)
+        An export is a file with its manifest beside it (:meth:`lookup`, the listings), so
+        the manifest is written first, under its final name, and the rename of the file
+        beside it is the one step that makes the export exist: no temporary file, no second
+        rename. With ``sync`` (durability ``sync``) the manifest and the directory are
+        flushed before it returns; without, nothing more is flushed: a power loss may then
+        lose the export or leave its manifest torn (which reads as no export, and recovery
+        completes it from the staging journal), never pair a manifest with a file it does
+        not describe. For that, an earlier export left at these names (one that does not
+        count: a torn manifest, a file without one) is removed, durably, before the new one
+        is written.
+
+        Every descriptor it needs is opened before the rename. Run again after a failure, it
+        finishes the job (the file already in place is kept)."""
+        d = self._make_dir(client_id, file_id)
         target = d / meta.name
-        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                try:
-                    self._move(data_path, target, d)
-                except BaseException:
-                    os.close(fd)
-                    fd = -1
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
+        manifest = d / (meta.name + MANIFEST_SUFFIX)
+        body = _manifest(client_id, file_id, meta, checksum)
+        if os.path.lexists(target):
+            if not os.path.lexists(data_path):
+                # moved by an earlier attempt whose last step failed: finish that one
+                self.write_manifest(d, client_id, file_id, meta, checksum)
                 size = os.stat(target).st_size
-                self._write_manifest_at(fd, tmp, dir_fd, d, client_id, file_id, meta, checksum)
-                fd = -1
+                return ExportInfo(client_id, file_id, meta, size, checksum, target)
+            _remove_durably(d, target, manifest)
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if sync else -1
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(manifest, flags, 0o644)
+            except FileExistsError:  # a manifest without its file (a crash between the steps)
+                _remove_durably(d, manifest)
+                fd = os.open(manifest, flags, 0o644)
+            try:
+                _write_all(fd, body)
+                if sync:
+                    os.fdatasync(fd)
             finally:
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
+            self._move(data_path, target, d)
+            size = os.stat(target).st_size
+            if sync:
+                os.fsync(dir_fd)
         finally:
-            os.close(dir_fd)
+            if dir_fd >= 0:
+                os.close(dir_fd)
         return ExportInfo(client_id, file_id, meta, size, checksum, target)
+
+    def _make_dir(self, client_id: str, file_id: str) -> Path:
+        """Create the directory of a transfer's exports, from the top: a new transfer's is
+        new from ``B2`` or ``B3`` down, and one ``mkdir`` per level costs half the calls of
+        climbing up from the bottom until one exists."""
+        parts = tree.transfer_dir_key(client_id, file_id)
+        d = self.root.joinpath(*parts)
+        path = str(self.root)
+        try:
+            for part in parts:
+                path = f"{path}/{part}"
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path)
+        except FileNotFoundError:  # the root itself is gone
+            d.mkdir(parents=True, exist_ok=True)
+        return d
 
     @staticmethod
     def _move(data_path: Path, target: Path, d: Path) -> None:
@@ -171,42 +213,22 @@ class LocalExporter:
     def write_manifest(
         self, d: Path, client_id: str, file_id: str, meta: FileMeta, checksum: str
     ) -> None:
+        """Write the manifest of a file already in place (finishing an interrupted export):
+        a temporary file renamed over the manifest's name, everything flushed, since the
+        file is visible as exported from the rename on."""
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            self._write_manifest_at(fd, tmp, dir_fd, d, client_id, file_id, meta, checksum)
+            try:
+                _write_all(fd, _manifest(client_id, file_id, meta, checksum))
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, d / (meta.name + MANIFEST_SUFFIX))
+            os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-    @staticmethod
-    def _write_manifest_at(
-        fd: int,
-        tmp: Path,
-        dir_fd: int,
-        d: Path,
-        client_id: str,
-        file_id: str,
-        meta: FileMeta,
-        checksum: str,
-    ) -> None:
-        """Write the manifest through ``fd`` (open on ``tmp``, closed here), rename it into
-        place and flush the directory through ``dir_fd``."""
-        extra: dict[str, JsonValue] = {
-            "clientid": client_id,
-            "fileid": file_id,
-            "exported_at": int(time.time()),
-        }
-        if meta.checksum is not None:
-            extra[INIT_CHECKSUM_KEY] = meta.checksum
-        body = manifest_bytes(meta, checksum, extra)
-        try:
-            os.write(fd, body)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, d / (meta.name + MANIFEST_SUFFIX))
-        os.fsync(dir_fd)
 
     # -- what the HTTP API reads -------------------------------------------------------------
 
@@ -244,6 +266,38 @@ class LocalExporter:
             readers, self._readers = self._readers, None
         if readers is not None:
             readers.shutdown(wait=False, cancel_futures=True)
+
+
+def _manifest(client_id: str, file_id: str, meta: FileMeta, checksum: str) -> bytes:
+    """The manifest of an export: the init metadata, the verified checksum and ftserver's
+    own keys."""
+    extra: dict[str, JsonValue] = {
+        "clientid": client_id,
+        "fileid": file_id,
+        "exported_at": int(time.time()),
+    }
+    if meta.checksum is not None:
+        extra[INIT_CHECKSUM_KEY] = meta.checksum
+    return manifest_bytes(meta, checksum, extra)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _remove_durably(d: Path, *paths: Path) -> None:
+    """Remove what an earlier export left at ``paths`` in ``d``, and flush ``d``: no power
+    loss afterwards brings them back beside the new export."""
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+    dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _representable(ts: float) -> bool:

@@ -185,38 +185,40 @@ def adopt_lock(lock: int, asm: ftcore.Assembler) -> bool:
     return True
 
 
-def create(d: Path, *, sync: bool, boot_id: str | None = None) -> tuple[ftcore.Assembler, Journal]:
+def create(
+    d: Path, *, sync: bool, boot_id: str | None = None, meta: bytes | None = None
+) -> tuple[ftcore.Assembler, Journal]:
     """Make the staging directory ``d`` of a new transfer, locked by this process, with its
-    data file and journal open: (assembler, journal). The lock is held by the assembler's
-    descriptor (closing the assembler releases it). The directory is built under
-    ``staging/.tmp`` and renamed into place, so nobody ever sees it without its data file.
-    With ``sync`` the journal and the new directory entries are on stable storage before it
-    returns.
+    data file and journal open (and its ``meta`` file, when the init metadata is known):
+    (assembler, journal). The lock is held by the assembler's descriptor (closing the
+    assembler releases it). The directory is built under ``staging/.tmp`` and renamed into
+    place, so nobody ever sees it without its data file (nor, when ``meta`` is given, without
+    its metadata, which then needs no temporary file of its own). With ``sync`` the files
+    and the new directory entries are on stable storage before it returns.
+
+    This runs on the event loop for every new transfer: plain string paths, one system call
+    per step.
 
     Raises :class:`TransferBusy` (``d`` exists already: another process made it meanwhile;
     look again) or ``StorageError``.
     """
     with storage_errors():
-        root = d.parent.parent.parent
-        tmp = root / TMP / secrets.token_hex(8)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(d)))
+        tmp = f"{root}/{TMP}/{secrets.token_hex(8)}"
         try:
-            tmp.mkdir()
+            os.mkdir(tmp)
         except FileNotFoundError:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir()
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            os.mkdir(tmp)
         asm: ftcore.Assembler | None = None
         try:
-            asm = ftcore.Assembler(tmp / DATA)
+            asm = ftcore.Assembler(f"{tmp}/{DATA}")
             fcntl.flock(asm.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: free
-            fd = os.open(tmp / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, HEADER)
-                if sync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            _write_new(f"{tmp}/{JOURNAL}", HEADER, sync)
+            if meta is not None:
+                _write_new(f"{tmp}/{META}", meta, sync)
             if sync:
-                fsync_dir(tmp)
+                fsync_dir(Path(tmp))
             try:
                 os.rename(tmp, d)
             except FileNotFoundError:
@@ -234,6 +236,19 @@ def create(d: Path, *, sync: bool, boot_id: str | None = None) -> tuple[ftcore.A
                 fsync_dir(p)
         journal = Journal(d / JOURNAL, boot_id=boot_id)
     return asm, journal
+
+
+def _write_new(path: str, data: bytes, sync: bool) -> None:
+    """Create the file ``path`` holding ``data`` (flushed with ``sync``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def collect_tmp(staging: Path, now: float, age: float) -> int:
@@ -298,10 +313,30 @@ def staged_dirs(staging: Path) -> Iterator[Path]:
         yield journal.parent
 
 
-def remove(d: Path) -> None:
+def remove(d: Path, *, exported: bool = False) -> None:
     """Delete a staging directory and everything in it (what is already gone is fine).
 
     Whoever calls this holds the directory's lock and releases it only afterwards: another
     process then finds the directory gone (:class:`Gone`) rather than half removed.
+
+    The files a staging directory holds are known, so they are unlinked by name (a few
+    system calls, where a tree walk costs a dozen: this runs once per file uploaded); a
+    directory holding anything else is walked. ``exported``: its data file was moved away.
     """
-    shutil.rmtree(d, ignore_errors=True)
+    for name in _FILES[:2] if exported else _FILES:
+        try:
+            os.unlink(d / name)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            break
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+#: what a staging directory may hold, the files written most often first
+_FILES = (JOURNAL, META, DATA)

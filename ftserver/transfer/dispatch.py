@@ -204,11 +204,12 @@ class Dispatcher:
             if isinstance(got, ExportInfo):
                 return SUCCESS
             running = store.fin_export(got, cmd.size, cmd.checksum)
-            final = self._await_export(running, cmd, time.perf_counter())
-        else:
-            # a fin while the same transfer is exported (a retransmission, or a second fin):
-            # it shares that export, then is checked against its result like any late fin
-            final = self._after_export(running, lambda: self._late_fin(client_id, cmd))
+            timeout = None if cmd.is_async else self.assemble_timeout
+            result = self._export_result(running, cmd, time.perf_counter(), timeout)
+            return Deferred(SUCCESS if cmd.is_async else None, result)
+        # a fin while the same transfer is exported (a retransmission, or a second fin): it
+        # shares that export, then is checked against its result like any late fin
+        final = self._after_export(running, lambda: self._late_fin(client_id, cmd))
         if cmd.is_async:
             return Deferred(SUCCESS, final)
         return Deferred(None, self._with_timeout(final))
@@ -233,6 +234,43 @@ class Dispatcher:
         # the export failed and the transfer is still staged: this fin tries again
         running = self.store.fin_export(got, cmd.size, cmd.checksum)
         return self._await_export(running, cmd, time.perf_counter())
+
+    def _export_result(
+        self,
+        running: asyncio.Future[ExportInfo],
+        cmd: Fin,
+        started: float,
+        timeout: float | None,
+    ) -> asyncio.Future[Outcome]:
+        """The result of a fin that started an export: a future the export completes through
+        a callback (what :meth:`_await_export` does, without a task, a shield and a
+        ``wait_for`` per fin: the fin of a small file costs little more than these). With
+        ``timeout`` (a synchronous fin's ``assemble_timeout``) it answers ``timeout`` if the
+        export takes longer; the export goes on, and is counted when it ends."""
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[Outcome] = loop.create_future()
+        timer = (
+            None if timeout is None else loop.call_later(timeout, _settle, out, AssembleTimeout())
+        )
+
+        def done(f: asyncio.Future[ExportInfo]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if f.cancelled():
+                if not out.done():
+                    out.cancel()
+                return
+            exc = f.exception()
+            result = SUCCESS if exc is None else outcome_of(exc, what="export", file_id=cmd.file_id)
+            if self.observe is not None:
+                self.observe("fin", result)
+            if self.on_fin is not None:
+                self.on_fin(time.perf_counter() - started, result)
+            if not out.done():
+                out.set_result(result)
+
+        running.add_done_callback(done)
+        return out
 
     async def _await_export(
         self, running: asyncio.Future[ExportInfo], cmd: Fin, started: float
@@ -358,6 +396,12 @@ class Dispatcher:
             props["correlation_data"] = correlation_data
         payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         self.registry.route(target, payload, props)
+
+
+def _settle(out: asyncio.Future[Outcome], exc: FtError) -> None:
+    """Answer ``out`` with the outcome of ``exc`` unless it has its answer already."""
+    if not out.done():
+        out.set_result(outcome_of(exc))
 
 
 class FastSegments:

@@ -260,15 +260,21 @@ class TransferStore:
         while len(self._exported) > EXPORT_CACHE:
             self._exported.popitem(last=False)
 
-    def _create(self, client_id: str, file_id: str) -> Transfer:
+    def _create(self, client_id: str, file_id: str, meta: FileMeta | None = None) -> Transfer:
+        """Stage a new transfer (born with its metadata when an init creates it)."""
         limit = self.max_transfers_per_client
         if limit and staging.staged_count(self.staging, client_id) >= limit:
             raise TooManyTransfers()
         d = self.staging_dir(client_id, file_id)
         self._make_room()
-        asm, journal = staging.create(d, sync=self.durability == "sync", boot_id=self.boot_id())
+        asm, journal = staging.create(
+            d,
+            sync=self.durability == "sync",
+            boot_id=self.boot_id(),
+            meta=None if meta is None else meta.to_json_bytes(),
+        )
         asm.recycle = self.recycle
-        t = Transfer(client_id, file_id, d, asm, journal, None, -1)
+        t = Transfer(client_id, file_id, d, asm, journal, meta, -1)
         self._open[t.key] = t
         return t
 
@@ -344,14 +350,17 @@ class TransferStore:
             if got.meta != meta:
                 raise FileMetaConflict()
             return
-        t = got if got is not None else self._create(client_id, file_id)
-        t.last_activity = time.time()
-        if t.meta is not None:
-            if t.meta != meta:
-                raise FileMetaConflict()
-            return
-        staging.write_meta(t.dir, meta, sync=self.durability == "sync")
-        t.meta = meta
+        if got is None:
+            t = self._create(client_id, file_id, meta)  # born with its metadata
+        else:
+            t = got
+            t.last_activity = time.time()
+            if t.meta is not None:
+                if t.meta != meta:
+                    raise FileMetaConflict()
+                return
+            staging.write_meta(t.dir, meta, sync=self.durability == "sync")
+            t.meta = meta
         self.hooks.started()
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
@@ -515,59 +524,57 @@ class TransferStore:
         loop = asyncio.get_running_loop()
         if t._checkpointing is not None:
             await asyncio.shield(t._checkpointing)
-        with storage_errors():
-            if self.durability == "sync" and t.journal.dirty:
-                # segments not group-committed yet: their records claim flushed data
-                await loop.run_in_executor(None, t.asm.flush)
-            t.journal.write()
-            digest = await loop.run_in_executor(None, t.asm.digest, size)
         want = checksum if checksum is not None else meta.checksum_bytes
-        if want is not None and want != digest:
-            raise ChecksumMismatch()
-        hexdigest = digest.hex().upper()
-        with storage_errors():
-            started = time.perf_counter()
-            await loop.run_in_executor(None, self._prepare_export, t, size)
-            info = await self.exporter.export(t.client_id, t.file_id, meta, t.data_path, hexdigest)
+        sync = self.durability == "sync"
+        exporter = self.exporter
+        started = time.perf_counter()
+        removed: Exception | None = None
+        if isinstance(exporter, LocalExporter):
+            # the whole fin in one trip to a thread: each trip costs more than the work of a
+            # small file, and only the flushes need a thread at all
+            records = t.journal.take()
+            with storage_errors():
+                info, removed = await loop.run_in_executor(
+                    None, _fin_local, exporter, t, size, want, records, sync
+                )
+        else:
+            with storage_errors():
+                if sync and t.journal.dirty:
+                    # segments not group-committed yet: their records claim flushed data
+                    await loop.run_in_executor(None, t.asm.flush)
+                t.journal.write()
+                digest = await loop.run_in_executor(None, t.asm.digest, size)
+            if want is not None and want != digest:
+                raise ChecksumMismatch()
+            with storage_errors():
+                started = time.perf_counter()
+                # the exporter copies the file elsewhere: its record is flushed in any mode
+                await loop.run_in_executor(None, _prepare_export, t, size, True)
+                info = await exporter.export(
+                    t.client_id, t.file_id, meta, t.data_path, digest.hex().upper()
+                )
         # exported: from here on the fin succeeds, whatever the clean-up meets. A staging
         # directory left behind is found again (its journal records the export) and removed
         # by the next command or collection that locks it.
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
         self._remember_export(info)
-        try:
-            await loop.run_in_executor(None, self._remove_staging, t)
-        except Exception as exc:
+        if not isinstance(exporter, LocalExporter):
+            try:
+                await loop.run_in_executor(None, _remove_staging, t)
+            except Exception as exc:
+                removed = exc
+        if removed is not None:
             log.warning(
                 "transfer %r/%r exported; removing its staging directory failed (%s): "
                 "left for the collector",
                 t.client_id,
                 t.file_id,
-                exc,
+                removed,
             )
             t.close()
         self.hooks.exported(info, time.perf_counter() - started)
         return info
-
-    @staticmethod
-    def _prepare_export(t: Transfer, size: int) -> None:
-        """Cut the file at its size, flush it, and journal that the export starts."""
-        if t.asm.file.size() != size:
-            t.asm.truncate(size)
-        t.asm.flush()
-        if t.lock_fd < 0:
-            # the export moves the data file (and its lock) away: the journal holds the
-            # directory until it is removed
-            t.lock_fd = staging.lock_journal(t.dir)
-        t.journal.add(jr.exporting_record(size, str(t.data_path)))
-        t.journal.write_records(t.journal.take(), sync=True)
-
-    @staticmethod
-    def _remove_staging(t: Transfer) -> None:
-        staging.remove(t.dir)  # while both locks are held
-        t.asm.close()
-        t.journal.close()
-        t.unlock()
 
     # -- durability --------------------------------------------------------------------------
 
@@ -732,6 +739,65 @@ class TransferStore:
 
     def open_transfers(self) -> list[Transfer]:
         return list(self._open.values())
+
+
+def _fin_local(
+    exporter: LocalExporter,
+    t: Transfer,
+    size: int,
+    want: bytes | None,
+    records: list[bytes],
+    sync: bool,
+) -> tuple[ExportInfo, Exception | None]:
+    """The fin of a transfer exported to a local directory, in one executor job: the
+    journal records still buffered, the digest and its check, the export's preparation, the
+    export, and the removal of the staging directory. Returns the export and the error the
+    removal met, if any (the export stands all the same).
+
+    Raises ``ChecksumMismatch`` (the transfer is left as it was, its records written) and
+    ``OSError``."""
+    assert t.meta is not None
+    if records:
+        if sync:
+            t.asm.flush()  # segments not group-committed yet: their records claim flushed data
+        t.journal.write_records(records)
+    digest = t.asm.digest(size)
+    if want is not None and want != digest:
+        raise ChecksumMismatch()
+    _prepare_export(t, size, sync)
+    info = exporter.export_blocking(
+        t.client_id, t.file_id, t.meta, t.data_path, digest.hex().upper(), sync=sync
+    )
+    try:
+        _remove_staging(t)
+    except Exception as exc:
+        return info, exc
+    return info, None
+
+
+def _prepare_export(t: Transfer, size: int, sync: bool) -> None:
+    """Cut the file at its size, flush it, and journal that the export starts.
+
+    The data is flushed in both durability modes: an export must never be found whole
+    after a power loss without its bytes. The ``EXPORTING`` record needs flushing only in
+    ``sync``: written, it survives a crash of the process; lost to a power loss, recovery
+    finds the data file still staged (the transfer resumes) or gone with its export beside
+    its manifest (exported), and the flushed data makes either true."""
+    if t.asm.file.size() != size:
+        t.asm.truncate(size)
+    t.asm.flush()
+    if t.lock_fd < 0:
+        # the export moves the data file (and its lock) away: the journal holds the
+        # directory until it is removed
+        t.lock_fd = staging.lock_journal(t.dir)
+    t.journal.write_records([jr.exporting_record(size, str(t.data_path))], sync=sync)
+
+
+def _remove_staging(t: Transfer) -> None:
+    staging.remove(t.dir, exported=True)  # while both locks are held
+    t.asm.close()
+    t.journal.close()
+    t.unlock()
 
 
 #: what recovering a staged transfer gives: the transfer reopened, its export (finished
