@@ -765,8 +765,11 @@ def _fin_local(
     if want is not None and want != digest:
         raise ChecksumMismatch()
     _prepare_export(t, size, sync)
+    # the export itself is flushed in both modes (manifest and directory): a fin answered
+    # success means the file is there, power loss or not; fast mode saves flushes per
+    # segment, never on an acknowledged export
     info = exporter.export_blocking(
-        t.client_id, t.file_id, t.meta, t.data_path, digest.hex().upper(), sync=sync
+        t.client_id, t.file_id, t.meta, t.data_path, digest.hex().upper(), sync=True
     )
     try:
         _remove_staging(t)
