@@ -529,20 +529,20 @@ class TransferStore:
         exporter = self.exporter
         started = time.perf_counter()
         removed: Exception | None = None
+        with storage_errors():
+            if sync and t.journal.dirty:
+                # segments not group-committed yet: their records claim flushed data
+                await loop.run_in_executor(None, t.asm.flush)
+            t.journal.write()
         if isinstance(exporter, LocalExporter):
-            # the whole fin in one trip to a thread: each trip costs more than the work of a
-            # small file, and only the flushes need a thread at all
-            records = t.journal.take()
+            # the rest of the fin in one trip to a thread: each trip costs more than the work
+            # of a small file, and only the flushes need a thread at all
             with storage_errors():
                 info, removed = await loop.run_in_executor(
-                    None, _fin_local, exporter, t, size, want, records, sync
+                    None, _fin_local, exporter, t, size, want, sync
                 )
         else:
             with storage_errors():
-                if sync and t.journal.dirty:
-                    # segments not group-committed yet: their records claim flushed data
-                    await loop.run_in_executor(None, t.asm.flush)
-                t.journal.write()
                 digest = await loop.run_in_executor(None, t.asm.digest, size)
             if want is not None and want != digest:
                 raise ChecksumMismatch()
@@ -746,21 +746,15 @@ def _fin_local(
     t: Transfer,
     size: int,
     want: bytes | None,
-    records: list[bytes],
     sync: bool,
 ) -> tuple[ExportInfo, Exception | None]:
-    """The fin of a transfer exported to a local directory, in one executor job: the
-    journal records still buffered, the digest and its check, the export's preparation, the
-    export, and the removal of the staging directory. Returns the export and the error the
-    removal met, if any (the export stands all the same).
+    """The fin of a transfer exported to a local directory, in one executor job: the digest
+    and its check, the export's preparation, the export, and the removal of the staging
+    directory. Returns the export and the error the removal met, if any (the export stands
+    all the same).
 
-    Raises ``ChecksumMismatch`` (the transfer is left as it was, its records written) and
-    ``OSError``."""
+    Raises ``ChecksumMismatch`` (the transfer is left as it was) and ``OSError``."""
     assert t.meta is not None
-    if records:
-        if sync:
-            t.asm.flush()  # segments not group-committed yet: their records claim flushed data
-        t.journal.write_records(records)
     digest = t.asm.digest(size)
     if want is not None and want != digest:
         raise ChecksumMismatch()

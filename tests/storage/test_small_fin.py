@@ -187,7 +187,7 @@ def test_wrong_checksum_in_the_one_job_fin_keeps_the_transfer(data_dir: Path) ->
     async def main() -> None:
         s = TransferStore(data_dir)
         s.init(CID, FID, meta_of(name="f"))
-        send(s, data, 0, 3000)  # not committed: the fin's job writes its record
+        send(s, data, 0, 3000)  # not committed: the fin writes its record first
         with pytest.raises(Exception) as failed:
             await fin(s, 3000, sha(b"something else"))
         assert getattr(failed.value, "description", None) == "checksum_mismatch"
