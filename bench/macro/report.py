@@ -135,7 +135,7 @@ def markdown(rows: list[Row], floors: dict[str, float], meta: dict[str, Any]) ->
     out.append(
         f"{meta['when']} · {'quick' if meta['quick'] else 'full'} · {meta['repeat']} "
         f"repetitions (scale, stalled: {meta.get('heavy_repeat', meta['repeat'])}), "
-        "interleaved · ftserver workers: {meta['workers'] or 'one per core'} · "
+        f"interleaved · ftserver workers: {meta['workers'] or 'one per core'} · "
         f"window {meta['window']} · {meta['cpus']} CPUs · open files {meta.get('nofile', '?')} · "
         f"load average before "
         f"{meta['load_before']}, after {meta.get('load_after', '?')}"
