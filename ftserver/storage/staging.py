@@ -27,7 +27,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import ftcore
@@ -130,9 +130,16 @@ def lock_dir(d: Path) -> int:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise Gone() from None
+    return _lock_or_busy(fd, lambda: _check_linked(fd, path))
+
+
+def _lock_or_busy(fd: int, then: Callable[[], None] | None = None) -> int:
+    """Take the exclusive flock of ``fd`` without waiting (then run ``then``); returns ``fd``.
+    Held elsewhere: :class:`TransferBusy`. On any failure ``fd`` is closed."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _check_linked(fd, path)
+        if then is not None:
+            then()
     except BlockingIOError:
         os.close(fd)
         raise TransferBusy() from None
@@ -160,16 +167,7 @@ def lock_journal(d: Path) -> int:
     """Also lock the journal of a staging directory whose data file this process holds,
     before an export moves that file away; returns the descriptor (close it after the
     directory is removed). Raises :class:`TransferBusy` or ``OSError``."""
-    fd = os.open(d / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise TransferBusy() from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _lock_or_busy(os.open(d / JOURNAL, os.O_RDONLY | os.O_CLOEXEC))
 
 
 def adopt_lock(lock: int, asm: ftcore.Assembler) -> bool:
