@@ -139,7 +139,8 @@ class TransferBusy(Pause):
     """The transfer is not ready here yet: open in another process (a worker that had the
     client before, or one still exporting it), or being recovered from disk off the event
     loop. The dispatcher waits for ``ready`` (when given; else it polls) and runs the command
-    again; only if that takes longer than ``assemble_timeout`` does the client hear of it."""
+    again. It never reaches the client: past ``assemble_timeout`` the command is answered
+    :class:`AssembleTimeout` (0x80 ``timeout``)."""
 
     default_description = "transfer_busy"
 

@@ -41,6 +41,7 @@ from ftserver.export.base import (
 )
 from ftserver.export.layout import MANIFEST_SUFFIX, manifest_bytes, parse_manifest
 from ftserver.meta import FileMeta, JsonValue, filemeta_from_obj
+from ftserver.storage.journal import write_all
 
 T = TypeVar("T")
 
@@ -160,7 +161,7 @@ class LocalExporter:
                 _remove_durably(d, manifest)
                 fd = os.open(manifest, flags, 0o644)
             try:
-                _write_all(fd, body)
+                write_all(fd, body)
                 if sync:
                     os.fdatasync(fd)
             finally:
@@ -221,7 +222,7 @@ class LocalExporter:
             tmp = d / f".ftserver-{secrets.token_hex(8)}.tmp"  # names may be 240 bytes
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, _manifest(client_id, file_id, meta, checksum))
+                write_all(fd, _manifest(client_id, file_id, meta, checksum))
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
@@ -279,12 +280,6 @@ def _manifest(client_id: str, file_id: str, meta: FileMeta, checksum: str) -> by
     if meta.checksum is not None:
         extra[INIT_CHECKSUM_KEY] = meta.checksum
     return manifest_bytes(meta, checksum, extra)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _remove_durably(d: Path, *paths: Path) -> None:

@@ -171,6 +171,29 @@ def _first_byte_table(server: bool, level: int | None) -> bytes:
 # One packet's body
 
 
+def _varint_at(
+    buf: bytearray, pos: int, end: int, too_long: str, not_shortest: str
+) -> tuple[int, int] | None:
+    """The Variable Byte Integer at ``buf[pos:end]`` and the position after it, or None when
+    it is not complete yet. MQTT-1.5.5-1 refusals carry the caller's wording."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            return None
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift == 28:
+            raise malformed("MQTT-1.5.5-1", too_long)
+    if byte == 0 and shift:
+        raise malformed("MQTT-1.5.5-1", not_shortest)
+    return value, pos
+
+
 class _Reader:
     """A bounds-checked cursor over one packet's body inside the receive buffer."""
 
@@ -209,24 +232,16 @@ class _Reader:
         return int.from_bytes(self.buf[pos : pos + 4], "big")
 
     def varint(self, what: str) -> int:
-        buf = self.buf
-        pos = self.pos
-        value = 0
-        shift = 0
-        while True:
-            if pos >= self.end:
-                raise self.short(what)
-            byte = buf[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift == 28:
-                raise malformed("MQTT-1.5.5-1", f"{what} is a Variable Byte Integer over 4 bytes")
-        if byte == 0 and shift:
-            raise malformed("MQTT-1.5.5-1", f"{what} is not encoded in the fewest bytes")
-        self.pos = pos
+        got = _varint_at(
+            self.buf,
+            self.pos,
+            self.end,
+            f"{what} is a Variable Byte Integer over 4 bytes",
+            f"{what} is not encoded in the fewest bytes",
+        )
+        if got is None:
+            raise self.short(what)
+        value, self.pos = got
         return value
 
     def raw(self, n: int, what: str) -> memoryview:
@@ -708,24 +723,16 @@ class Decoder(_ReceiveBuffer):
 
     def _read_header(self, start: int, avail: int, ptype: int) -> int:
         """Total size of the packet at ``start``, or 0 if its length is not complete yet."""
-        buf = self._buf
-        value = 0
-        shift = 0
-        pos = start + 1
-        end = start + avail
-        while True:
-            if pos >= end:
-                return 0
-            byte = buf[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift == 28:
-                raise malformed("MQTT-1.5.5-1", "Remaining Length over 4 bytes")
-        if byte == 0 and shift:
-            raise malformed("MQTT-1.5.5-1", "Remaining Length not encoded in the fewest bytes")
+        got = _varint_at(
+            self._buf,
+            start + 1,
+            start + avail,
+            "Remaining Length over 4 bytes",
+            "Remaining Length not encoded in the fewest bytes",
+        )
+        if got is None:
+            return 0
+        value, pos = got
         total = pos - start + value
         if total > self.max_packet_size:
             raise PacketTooLarge(total, self.max_packet_size)

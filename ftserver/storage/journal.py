@@ -315,11 +315,11 @@ class Journal:
                 os.ftruncate(fd, valid_length)  # cut a torn tail
                 size = valid_length
             if size == 0:
-                _write_all(fd, HEADER)
+                write_all(fd, HEADER)
                 size = len(HEADER)
             if announce:
                 opened = opened_record(self.boot_id)
-                _write_all(fd, opened)
+                write_all(fd, opened)
                 size += len(opened)
         finally:
             os.close(fd)
@@ -395,7 +395,7 @@ class Journal:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
             except OSError:
                 # a short write (disk full) left part of a record behind: cut it, or every
                 # record appended later would sit behind a torn one and be lost to the reader
@@ -442,7 +442,7 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             data = HEADER + opened_record(self.boot_id) + b"".join(records)
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -552,7 +552,8 @@ def iter_ranges(records: list[Record]) -> Iterator[RangeRec]:
             yield rec.run()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (continuing short writes)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

@@ -34,7 +34,7 @@ import ftcore
 from ftserver.errors import TransferBusy, storage_errors
 from ftserver.meta import FileMeta, parse_filemeta
 from ftserver.names import esc
-from ftserver.storage.journal import HEADER, Journal, fsync_dir
+from ftserver.storage.journal import HEADER, Journal, fsync_dir, write_all
 
 __all__ = [
     "DATA",
@@ -240,9 +240,7 @@ def _write_new(path: str, data: bytes, sync: bool) -> None:
     """Create the file ``path`` holding ``data`` (flushed with ``sync``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         if sync:
             os.fdatasync(fd)
     finally:
