@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "workers": "server.workers",
     "log_level": "server.log_level",
     "durability": "storage.durability",
+    "upstream": "relay.upstream",
 }
 
 
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--durability", metavar="MODE", help="fast (default) or sync: flush before acknowledging"
+    )
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="relay mode: pass everything but file transfer to this broker "
+        "(mqtt://host:port or mqtts://host:port; default: none, standalone)",
     )
     serve.add_argument(
         "--set",

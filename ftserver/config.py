@@ -48,6 +48,7 @@ __all__ = [
     "KeyDoc",
     "LimitsConfig",
     "MqttConfig",
+    "RelayConfig",
     "ServerConfig",
     "StorageConfig",
     "TransferConfig",
@@ -59,6 +60,7 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_size",
+    "parse_upstream",
 ]
 
 KiB: Final = 1024
@@ -698,6 +700,112 @@ class ExportConfig:
     )
 
 
+#: schemes of ``relay.upstream`` and their default ports
+RELAY_SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """``[relay]``: relay mode, ftserver in front of the user's MQTT broker (docs/relay.md)."""
+
+    upstream: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "The broker everything outside file transfer is passed to: mqtt://host:port or "
+            "mqtts://host:port (TLS). Empty: standalone mode, nothing is relayed.",
+        ),
+    )
+    credentials: str = field(
+        default="passthrough",
+        metadata=_spec(
+            "choice",
+            "User name and password on each device's upstream connection: passthrough (the "
+            "device's own, the broker decides) or fixed (relay.username and relay.password).",
+            choices=("passthrough", "fixed"),
+        ),
+    )
+    username: str = field(
+        default="",
+        metadata=_spec("str", 'User name sent upstream with credentials = "fixed".'),
+    )
+    password: str = field(
+        default="",
+        repr=False,
+        metadata=_spec("str", 'Password sent upstream with credentials = "fixed".'),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_spec(
+            "duration",
+            "How long the broker has to answer an upstream CONNECT; the device then gets "
+            "Server unavailable (0x88; MQTT 3.1.1: return code 3).",
+            lo=0.1,
+            hi=300,
+        ),
+    )
+    keepalive: int = field(
+        default=60,
+        metadata=_spec(
+            "seconds",
+            "Keep Alive of the upstream connections (ftserver pings the broker itself).",
+            lo=5,
+            hi=MAX_U16,
+        ),
+    )
+    ca_file: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "CA bundle to verify an mqtts:// broker with (empty: the system's trust store).",
+        ),
+    )
+    cert_file: str = field(
+        default="",
+        metadata=_spec("str", "Client certificate presented to an mqtts:// broker (PEM)."),
+    )
+    key_file: str = field(
+        default="",
+        metadata=_spec("str", "Private key of relay.cert_file (PEM)."),
+    )
+    server_name: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "Name the broker's certificate must carry (empty: the host of relay.upstream).",
+        ),
+    )
+    events_topic: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "Publish one JSON event per finished transfer to {events_topic}/{clientId}/{fileId} "
+            "on the broker (QoS 1, kept on disk until the broker has it). Empty: none.",
+        ),
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.upstream)
+
+    @property
+    def address(self) -> tuple[str, int, bool]:
+        """(host, port, tls) of ``upstream`` (checked at load time)."""
+        return parse_upstream(self.upstream)
+
+
+def parse_upstream(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]`` as (host, port, tls)."""
+    m = re.match(r"(mqtts?)://(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+)(?::(\d{1,5}))?/?\Z", url, re.ASCII)
+    if m is None:
+        raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
+    scheme, host, port = m.groups()
+    number = int(port) if port else RELAY_SCHEMES[scheme]
+    if not 0 < number <= MAX_U16:
+        raise ValueError(f"port {number} out of range in {url!r}")
+    return host.strip("[]"), number, scheme == "mqtts"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration: one frozen dataclass per TOML table.
@@ -714,6 +822,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
     @staticmethod
     def describe() -> list[KeyDoc]:
@@ -932,6 +1041,7 @@ def _check_consistency(config: Config) -> None:
     _check_http(config.http)
     _check_mqtt_security(config)
     _check_export(config.export)
+    _check_relay(config.relay)
 
 
 def _check_export(export: ExportConfig) -> None:
@@ -952,6 +1062,39 @@ def _check_export(export: ExportConfig) -> None:
         )
     if export.ca_file and not Path(export.ca_file).is_file():
         raise ConfigError(f"export.ca_file: no such file {export.ca_file!r}")
+
+
+def _check_relay(relay: RelayConfig) -> None:
+    """Relay mode's keys, when an upstream broker is given (they are ignored otherwise)."""
+    if not relay.upstream:
+        if relay.events_topic:
+            raise ConfigError("relay.events_topic: needs relay.upstream (the broker to publish to)")
+        return
+    try:
+        _host, _port, tls = parse_upstream(relay.upstream)
+    except ValueError as exc:
+        raise ConfigError(f"relay.upstream: {exc}") from None
+    if relay.credentials == "fixed" and not relay.username:
+        raise ConfigError('relay.username: required with relay.credentials = "fixed"')
+    if relay.credentials != "fixed" and (relay.username or relay.password):
+        raise ConfigError(
+            'relay.username: used only with relay.credentials = "fixed" (passthrough sends '
+            "each device's own)"
+        )
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(relay, key)
+        if path and not tls:
+            raise ConfigError(f"relay.{key}: needs an mqtts:// relay.upstream")
+        if path and not Path(path).is_file():
+            raise ConfigError(f"relay.{key}: no such file {path!r}")
+    if bool(relay.cert_file) != bool(relay.key_file):
+        raise ConfigError("relay.cert_file: give both cert_file and key_file, or neither")
+    topic = relay.events_topic
+    if topic and (topic.startswith("$") or any(c in topic for c in "+#\0") or topic.endswith("/")):
+        raise ConfigError(
+            f"relay.events_topic: expected a topic prefix without wildcards, a leading $ "
+            f"or a trailing /, got {topic!r}"
+        )
 
 
 def _check_mqtt_security(config: Config) -> None:
