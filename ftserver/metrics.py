@@ -182,6 +182,40 @@ LIMIT_HITS = Counter(
     ["limit"],
 )
 
+RELAY_UPSTREAM_CONNECTIONS = Gauge(
+    "ftserver_relay_upstream_connections",
+    "Upstream connections to the broker open now (relay mode: one per connected device).",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+RELAY_CONNECT_FAILURES = Counter(
+    "ftserver_relay_connect_failures_total",
+    "Upstream CONNECTs that failed, by reason: unreachable, timeout, refused (the broker's "
+    "CONNACK said no), closed (the broker closed the connection before its CONNACK).",
+    ["worker", "reason"],
+)
+RELAY_MESSAGES = Counter(
+    "ftserver_relay_messages_total",
+    "PUBLISH packets relayed, by direction: up (device to broker) or down (broker to device).",
+    ["worker", "direction"],
+)
+RELAY_BYTES = Counter(
+    "ftserver_relay_bytes_total",
+    "Payload bytes of the relayed PUBLISH packets, by direction (up or down).",
+    ["worker", "direction"],
+)
+RELAY_SECONDS = Histogram(
+    "ftserver_relay_seconds",
+    "Time from a device's QoS 1/2 PUBLISH to the broker's acknowledgement, sampled 1 in 8.",
+    buckets=_LAT,
+)
+RELAY_EVENTS_PENDING = Gauge(
+    "ftserver_relay_events_pending",
+    "Transfer events waiting on disk to be published to the broker (relay.events_topic).",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+
 ALL = [
     CONNECTIONS,
     CONNECTIONS_TOTAL,
@@ -214,6 +248,12 @@ ALL = [
     STAGING_FREE_BYTES,
     WORKER_RESTARTS,
     WORKERS_UP,
+    RELAY_UPSTREAM_CONNECTIONS,
+    RELAY_CONNECT_FAILURES,
+    RELAY_MESSAGES,
+    RELAY_BYTES,
+    RELAY_SECONDS,
+    RELAY_EVENTS_PENDING,
 ]
 
 #: outcome descriptions that mean a limit or quota was hit
