@@ -66,12 +66,14 @@ class Descriptors:
     open_transfers: int
     #: descriptors kept for everything else
     headroom: int
+    #: said after the connection count (relay mode: each holds its upstream leg's too)
+    note: str = ""
 
     def describe(self) -> str:
         raised = f" (raised from {self.was})" if self.was != self.nofile else ""
         return (
             f"descriptors: limit {self.nofile}{raised}; this process accepts at most "
-            f"{self.connections} connections and keeps at most {self.open_transfers} "
+            f"{self.connections} connections{self.note} and keeps at most {self.open_transfers} "
             f"transfers open, {self.headroom} kept for listeners, logs and exports"
         )
 
@@ -94,16 +96,23 @@ def raise_nofile() -> tuple[int, int]:
     return soft, soft
 
 
-def size_descriptors(nofile: int, was: int, max_connections: int) -> Descriptors:
+def size_descriptors(
+    nofile: int, was: int, max_connections: int, per_connection: int = 1
+) -> Descriptors:
     """Share ``nofile`` descriptors out: the headroom first (1/32 of the limit, at least
     :data:`HEADROOM_MIN`), then half of the rest for connections (fewer when the configured
-    ``max_connections``, this process's share, is lower) and the rest for open transfers."""
+    ``max_connections``, this process's share, is lower) and the rest for open transfers.
+
+    ``per_connection`` is what one client connection holds: 2 in relay mode (the device's
+    socket and its upstream leg's)."""
     headroom = max(HEADROOM_MIN, nofile // 32)
     usable = max(nofile - headroom, 2)
-    connections = usable // 2
+    connections = max(usable // 2 // per_connection, 1)
     if max_connections:
         connections = min(connections, max_connections)
-    return Descriptors(nofile, was, connections, usable - connections, headroom)
+    return Descriptors(
+        nofile, was, connections, max(usable - connections * per_connection, 1), headroom
+    )
 
 
 def within(limits: Limits, descriptors: Descriptors) -> Limits:

@@ -16,6 +16,7 @@ import os
 import ssl
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -39,6 +40,7 @@ from ftserver.limits import (
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
+from ftserver.relay.leg import RelayClient
 from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
 
@@ -79,6 +81,8 @@ class Server:
         self.store: TransferStore | None = None
         self.ctx: ServerContext | None = None
         self.dispatcher: Dispatcher | None = None
+        #: relay mode: opens the upstream legs (None: standalone)
+        self.relay: RelayClient | None = None
         self._mqtt: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
         self._jobs: list[asyncio.Task[None]] = []
@@ -121,8 +125,11 @@ class Server:
         if cfg.limits.staging_low_water:
             dispatcher.disk = DiskWatch(self.data_dir / "staging", cfg.limits.staging_low_water)
         self.dispatcher = dispatcher
+        if cfg.relay.enabled:
+            self.relay = RelayClient(cfg.relay, worker=str(self.worker_id or 0))
+            log.info("relay mode: everything but file transfer goes to %s", cfg.relay.upstream)
         self.ctx = ServerContext(
-            mqtt_settings(cfg), self.registry, dispatcher, on_event=meter.event
+            mqtt_settings(cfg), self.registry, dispatcher, on_event=meter.event, relay=self.relay
         )
         self._secure(self.ctx)
         loop = asyncio.get_running_loop()
@@ -172,7 +179,10 @@ class Server:
         share = self.config.limits.max_connections
         if share and self._workers > 1:
             share = -(-share // self._workers)
-        chosen = size_descriptors(nofile, was, share)
+        relay = self.config.relay.enabled
+        chosen = size_descriptors(nofile, was, share, 2 if relay else 1)
+        if relay:
+            chosen = replace(chosen, note=" (two descriptors each in relay mode)")
         log.info("%s", chosen.describe())
         return chosen
 
@@ -230,6 +240,8 @@ class Server:
         if self.ctx is not None:
             self.meter.partial_packets(self.ctx.budget.total, self.ctx.budget.peak)
         self.meter.flush()
+        if self.relay is not None:
+            self.relay.flush()
 
     def _housekeeping(self) -> None:
         assert self.store is not None
@@ -268,6 +280,8 @@ class Server:
                     await asyncio.wait_for(asyncio.gather(*waits), SHUTDOWN_GRACE)
             for conn in list(ctx.connections):
                 conn.shutdown()
+        if self.relay is not None:
+            await self.relay.close()  # legs still connecting
         if self.store is not None:
             await self.store.close()
             await self.store.exporter.close()
@@ -358,6 +372,7 @@ def mqtt_settings(config: Config) -> MqttSettings:
         receive_maximum=mqtt.receive_maximum,
         topic_alias_maximum=mqtt.topic_alias_maximum,
         max_inflight_responses=config.limits.max_inflight_responses,
+        relay=config.relay.enabled,
     )
 
 

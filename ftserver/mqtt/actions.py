@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from ftserver.errors import Outcome
+from ftserver.mqtt.packets import Connect, Disconnect, Packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,28 @@ class GroupCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenUpstream:
+    """Relay mode: open the upstream leg with this CONNECT (``ftserver.mqtt.upstream``);
+    answered with ``upstream_connected(connack)`` or ``upstream_failed(reason)``."""
+
+    connect: Connect
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Relay mode: send this packet to the broker on the upstream leg, now."""
+
+    packet: Packet
+
+
+@dataclass(frozen=True, slots=True)
+class CloseUpstream:
+    """Relay mode: end the upstream leg, with this DISCONNECT or (None) without one."""
+
+    disconnect: Disconnect | None
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """Something worth counting happened (``connect_v5``, ``takeover``, ``login_failed``…)."""
 
@@ -106,5 +129,8 @@ Action: TypeAlias = (
     | ClaimSession
     | AwaitResult
     | GroupCommit
+    | OpenUpstream
+    | SendUpstream
+    | CloseUpstream
     | Event
 )

@@ -34,11 +34,14 @@ from ftserver.mqtt.actions import (
     CancelTimer,
     ClaimSession,
     Close,
+    CloseUpstream,
     Event,
     GroupCommit,
+    OpenUpstream,
     PauseReading,
     ResumeReading,
     Send,
+    SendUpstream,
     StartTimer,
     VerifyLogin,
 )
@@ -46,8 +49,10 @@ from ftserver.mqtt.budget import PartialPacketBudget
 from ftserver.mqtt.codec import Decoder
 from ftserver.mqtt.core import SessionCore
 from ftserver.mqtt.handler import CommandHandler
+from ftserver.mqtt.packets import Connack, Disconnect, Packet
 from ftserver.mqtt.session import SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
+from ftserver.mqtt.upstream import Relay, Upstream
 
 log = logging.getLogger(__name__)
 _refused_log = RateLimitedLog(log, logging.WARNING)
@@ -67,6 +72,7 @@ class ServerContext:
         *,
         access: Access | None = None,
         on_event: Callable[[str], None] | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -75,6 +81,8 @@ class ServerContext:
         self.access = access or Access()
         self.connections: set[MqttConnection] = set()
         self.on_event = on_event or (lambda _name: None)
+        #: relay mode: opens each connection's upstream leg (None: standalone)
+        self.relay = relay
         #: connection limits (total, per source address) of this process
         self.admission = ConnectionCounter(Limits())
         #: bytes held for packets not yet complete, over every connection of this process
@@ -97,6 +105,7 @@ class MqttConnection(asyncio.BufferedProtocol):
         "_admitted",
         "_busy",
         "_ip",
+        "_leg",
         "_pauses",
         "_tasks",
         "_timer",
@@ -124,6 +133,8 @@ class MqttConnection(asyncio.BufferedProtocol):
         self._tasks: set[asyncio.Task[None]] | None = None
         #: what the worker's budget counts for this connection (see ftserver.mqtt.budget)
         self.budget_held = 0
+        #: relay mode: the upstream leg, once the broker answered
+        self._leg: Upstream | None = None
 
     # -- asyncio protocol --------------------------------------------------------------------
 
@@ -200,9 +211,30 @@ class MqttConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._pause("write")
+        if self._leg is not None:  # the broker's messages wait in its socket meanwhile
+            self._leg.pause_reading()
 
     def resume_writing(self) -> None:
         self._resume("write")
+        if self._leg is not None:
+            self._leg.resume_reading()
+
+    # -- relay mode: what the upstream leg reports (ftserver.mqtt.upstream.UpstreamListener) ---
+
+    def upstream_connected(self, leg: Upstream, connack: Connack) -> None:
+        self._leg = leg
+        self.core.upstream_connected(connack)
+        self._account()
+
+    def upstream_failed(self, reason: str) -> None:
+        self.core.upstream_failed(reason)
+
+    def upstream_packet(self, packet: Packet) -> None:
+        self.core.upstream_packet(packet)
+
+    def upstream_closed(self, disconnect: Disconnect | None) -> None:
+        self._leg = None
+        self.core.upstream_closed(disconnect)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -252,6 +284,16 @@ class MqttConnection(asyncio.BufferedProtocol):
                 self._spawn(self._await(job, final))
             case GroupCommit(batch):
                 self._spawn(self._commit(batch))
+            case SendUpstream(packet):
+                if self._leg is not None:
+                    self._leg.send(packet)
+            case OpenUpstream(connect):
+                assert self.ctx.relay is not None
+                self.ctx.relay.open(connect, self)
+            case CloseUpstream(disconnect):
+                leg, self._leg = self._leg, None
+                if leg is not None:
+                    leg.close(disconnect)
 
     def _timer_fired(self) -> None:
         self._timer = None

@@ -33,11 +33,14 @@ from ftserver.mqtt.actions import (
     CancelTimer,
     ClaimSession,
     Close,
+    CloseUpstream,
     Event,
     GroupCommit,
+    OpenUpstream,
     PauseReading,
     ResumeReading,
     Send,
+    SendUpstream,
     StartTimer,
     VerifyLogin,
 )
@@ -57,8 +60,15 @@ from ftserver.mqtt.packets import (
     Pubrel,
     Suback,
     Subscribe,
+    SubscriptionOptions,
     Unsuback,
     Unsubscribe,
+)
+from ftserver.mqtt.relaying import (
+    CONNACK_FROM_BROKER,
+    is_local_topic,
+    merge_codes,
+    upstream_connect,
 )
 from ftserver.mqtt.session import NEVER_EXPIRES, Message, Session, SessionRegistry, Subscription
 from ftserver.mqtt.settings import Access, MqttSettings
@@ -75,6 +85,8 @@ R = ReasonCode
 DEFAULT_CLIENT_RECEIVE_MAXIMUM = 65535
 #: longest client identifier once escaped for a directory name (ftserver.names)
 MAX_CLIENT_ID_ESCAPED = 255
+#: relay mode: states of the upstream leg
+_NO_LEG, _LEG_CONNECTING, _LEG_OPEN = 0, 1, 2
 
 
 class PacketSource(Protocol):
@@ -139,6 +151,7 @@ class SessionCore:
         "_admitted",
         "_aliases",
         "_batch",
+        "_broker",
         "_client_max_packet",
         "_client_receive_maximum",
         "_connect",
@@ -150,6 +163,11 @@ class SessionCore:
         "_last_rx",
         "_on_timer",
         "_out",
+        "_receive_maximum",
+        "_sub_wait",
+        "_unsub_wait",
+        "_up_waiting",
+        "_upstream",
         "access",
         "cert_cn",
         "client_id",
@@ -205,6 +223,18 @@ class SessionCore:
         self._client_max_packet = 0
         #: False: the connection limits were reached; the CONNECT is answered Server busy
         self._admitted = True
+        #: Receive Maximum announced to the client (relay mode: also within the broker's)
+        self._receive_maximum = settings.receive_maximum
+        #: relay mode: the upstream leg's state (_NO_LEG, _LEG_CONNECTING, _LEG_OPEN) and the
+        #: broker's CONNACK
+        self._upstream = _NO_LEG
+        self._broker: Connack | None = None
+        #: relay mode: QoS 1/2 packet ids passed to the broker, awaiting its PUBACK/PUBREC
+        self._up_waiting: set[int] = set()
+        #: relay mode: SUBSCRIBE/UNSUBSCRIBE packet id -> reason codes, -1 where the broker's
+        #: answer goes (the local filters answered already)
+        self._sub_wait: dict[int, list[int]] = {}
+        self._unsub_wait: dict[int, list[int]] = {}
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -243,6 +273,7 @@ class SessionCore:
         """The transport is gone: the session stays (for its expiry interval) or goes."""
         self.closed = True
         self._on_timer = None
+        self._end_upstream(None)
         self._drop_fast_path()
         if self.session is not None:
             self.registry.detach(self.session, self)
@@ -252,12 +283,17 @@ class SessionCore:
         if fast is not None:
             fast.release()
 
-    def close(self, reason: int | None = None) -> None:
-        """Close the connection, with a DISCONNECT carrying ``reason`` first (MQTT 5)."""
+    def close(self, reason: int | None = None, properties: Properties | None = None) -> None:
+        """Close the connection, with a DISCONNECT carrying ``reason`` first (MQTT 5).
+
+        In relay mode the upstream leg closes too, without a DISCONNECT (the broker
+        publishes the Will) unless the client's own DISCONNECT was passed up first.
+        """
         if self.closed:
             return
+        self._end_upstream(None)
         if reason is not None and self.level == MQTT_V5 and self.session is not None:
-            self._send(codec.encode_disconnect(Disconnect(reason), MQTT_V5))
+            self._send(codec.encode_disconnect(Disconnect(reason, properties or {}), MQTT_V5))
         self._flush()
         self.closed = True
         self.emit(Close())
@@ -366,8 +402,10 @@ class SessionCore:
             self._on_unsubscribe(packet)
         elif isinstance(packet, Disconnect):
             self._on_disconnect(packet)
-        elif isinstance(packet, (Pubrec, Pubcomp)):
-            pass  # ftserver never sends QoS 2: nothing to do (and nothing to break)
+        elif isinstance(packet, Pubrec):
+            self._on_pubrec(packet)
+        elif isinstance(packet, Pubcomp):
+            self._on_pubcomp(packet)
         else:
             raise ProtocolError(R.PROTOCOL_ERROR, f"unexpected {type(packet).__name__}")
 
@@ -428,7 +466,7 @@ class SessionCore:
             self.emit(Event("login_failed"))
             self._refuse(R.NOT_AUTHORIZED)
             return
-        self._claim(p, assigned)
+        self._after_login(p, assigned)
 
     def login_verified(self, ok: bool) -> None:
         """The answer to :class:`VerifyLogin`."""
@@ -443,9 +481,186 @@ class SessionCore:
             return
         self._connecting = False
         self.emit(ResumeReading("connect"))
-        self._claim(p, assigned)
+        self._after_login(p, assigned)
         if not self._connecting:
             self._process()  # what arrived after the CONNECT, held until now
+
+    def _after_login(self, p: Connect, assigned: bool) -> None:
+        """The client may connect: in relay mode the broker must accept it too, first."""
+        if not self.settings.relay:
+            self._claim(p, assigned)
+            return
+        self._connecting = True
+        self._connect = (p, assigned)
+        self._upstream = _LEG_CONNECTING
+        self.emit(PauseReading("connect"))
+        # a v5 client without an identifier gets the broker's (3.1.1: ftserver's, unseen)
+        up_id = "" if assigned and self.level == MQTT_V5 else self.client_id
+        self.emit(OpenUpstream(upstream_connect(p, up_id, self.settings.session_expiry_max)))
+
+    def upstream_connected(self, connack: Connack) -> None:
+        """Relay mode: the broker answered the upstream CONNECT."""
+        if self.closed or self._connect is None or self._upstream != _LEG_CONNECTING:
+            self._upstream = _LEG_OPEN  # so that it is closed now
+            self._end_upstream(None)
+            return
+        p, assigned = self._connect
+        rc = connack.reason_code
+        if rc:
+            log.info(
+                "%s (%s): the broker refused the connection: 0x%02X", self.peer, self.client_id, rc
+            )
+            self._upstream = _NO_LEG
+            self.emit(Event("relay_refused"))
+            self._refuse(rc)  # the broker's code (3.1.1: its return code)
+            return
+        self._upstream = _LEG_OPEN
+        self._broker = connack
+        broker_id = connack.properties.get("assigned_client_identifier")
+        if assigned and broker_id:
+            if esc_len(broker_id) > MAX_CLIENT_ID_ESCAPED:
+                log.warning("%s: the broker assigned a client identifier too long", self.peer)
+                self._refuse(R.CLIENT_IDENTIFIER_NOT_VALID)
+                return
+            self.client_id = broker_id
+            acl = self.access.acl
+            if acl is not None:
+                self._grant = acl.grant(p.username, broker_id)
+        self._connecting = False
+        self.emit(ResumeReading("connect"))
+        self._claim(p, assigned)
+        if not self._connecting:
+            self._process()
+
+    def upstream_failed(self, reason: str) -> None:
+        """Relay mode: the broker could not be reached or did not answer in time."""
+        if self.closed:
+            return
+        log.warning("%s (%s): broker unavailable (%s)", self.peer, self.client_id, reason)
+        self._upstream = _NO_LEG
+        self._refuse(R.SERVER_UNAVAILABLE)
+
+    def upstream_closed(self, disconnect: Disconnect | None) -> None:
+        """Relay mode: the broker ended the upstream leg; the client is disconnected (MQTT 5:
+        with the broker's reason code) and reconnects; its transfers stay staged."""
+        self._upstream = _NO_LEG
+        if self.closed:
+            return
+        if disconnect is not None and self.level == MQTT_V5:
+            props: Properties = {}
+            for key in ("reason_string", "server_reference", "user_properties"):
+                if key in disconnect.properties:
+                    props[key] = disconnect.properties[key]
+            reason = disconnect.reason_code or R.UNSPECIFIED_ERROR
+        else:
+            props, reason = {}, R.UNSPECIFIED_ERROR
+        log.info(
+            "%s (%s): the broker closed the upstream connection (0x%02X)",
+            self.peer,
+            self.client_id,
+            disconnect.reason_code if disconnect is not None else reason,
+        )
+        self.emit(Event("relay_lost"))
+        self.close(reason, props)
+
+    def _end_upstream(self, disconnect: Disconnect | None) -> None:
+        if self._upstream != _NO_LEG:
+            self._upstream = _NO_LEG
+            self.emit(CloseUpstream(disconnect))
+
+    def _up(self, packet: Packet) -> None:
+        self.emit(SendUpstream(packet))
+
+    def upstream_packet(self, packet: Packet) -> None:
+        """Relay mode: a packet from the broker (after its CONNACK)."""
+        session = self.session
+        if self.closed or session is None or self._upstream != _LEG_OPEN:
+            return
+        if isinstance(packet, Publish):
+            self._relay_down(session, packet)
+        elif isinstance(packet, Puback):
+            if packet.packet_id in self._up_waiting:
+                self._up_waiting.discard(packet.packet_id)
+                self._held -= 1
+                self._send(codec.encode_puback(packet, self.level))
+        elif isinstance(packet, Pubrec):
+            pid = packet.packet_id
+            if pid in self._up_waiting:
+                self._up_waiting.discard(pid)
+                self._held -= 1
+                if packet.reason_code < 0x80:
+                    session.qos2_received[pid] = packet.reason_code
+                    session.relayed_up.add(pid)
+                else:
+                    session.qos2_received.pop(pid, None)
+                self._send(codec.encode_pubrec(packet, self.level))
+        elif isinstance(packet, Pubcomp):
+            pid = packet.packet_id
+            if pid in session.relayed_up:
+                session.relayed_up.discard(pid)
+                session.qos2_received.pop(pid, None)
+                self._send(codec.encode_pubcomp(packet, self.level))
+        elif isinstance(packet, Pubrel):
+            self._relay_pubrel(session, packet)
+        elif isinstance(packet, Suback):
+            codes = self._sub_wait.pop(packet.packet_id, None)
+            if codes is not None:
+                merged = merge_codes(codes, packet.reason_codes)
+                suback = Suback(packet.packet_id, merged, packet.properties)
+                self._send(codec.encode_suback(suback, self.level))
+        elif isinstance(packet, Unsuback):
+            codes = self._unsub_wait.pop(packet.packet_id, None)
+            if codes is not None:
+                merged = merge_codes(codes, packet.reason_codes) if self.level == MQTT_V5 else []
+                unsuback = Unsuback(packet.packet_id, merged, packet.properties)
+                self._send(codec.encode_unsuback(unsuback, self.level))
+        self._flush()
+
+    def _relay_up(self, session: Session, p: Publish, topic: str) -> None:
+        """Pass the client's PUBLISH to the broker; its acknowledgement comes back from there."""
+        props = p.properties
+        if "topic_alias" in props:
+            props = {k: v for k, v in props.items() if k != "topic_alias"}  # type: ignore[assignment]
+        pid = p.packet_id
+        if pid is not None:
+            self._held += 1
+            self._up_waiting.add(pid)
+            if p.qos == 2:
+                session.qos2_received[pid] = None
+        self._up(Publish(topic, p.payload, p.qos, p.retain, p.dup, pid, props))
+
+    def _relay_down(self, session: Session, p: Publish) -> None:
+        """A message from the broker: to the client, under the client's Receive Maximum;
+        acknowledged to the broker once the client acknowledged it."""
+        props = p.properties
+        if "topic_alias" in props:
+            props = {k: v for k, v in props.items() if k != "topic_alias"}  # type: ignore[assignment]
+        if p.qos == 0:
+            self._send_message(None, Message(p.topic, p.payload, 0, props, p.retain), dup=False)  # type: ignore[arg-type]
+            return
+        up_id = p.packet_id
+        assert up_id is not None
+        if up_id in session.relay_down:
+            return  # the broker resends what the client has (or waits for) already
+        message = Message(p.topic, bytes(p.payload), p.qos, props, p.retain, up_id)
+        if not session.queue and self._can_send_qos1(session):
+            pid = session.allocate_packet_id()
+            session.inflight[pid] = message
+            session.relay_down[up_id] = pid
+            self._send_message(pid, message, dup=False)
+        else:
+            session.enqueue(message)
+
+    def _relay_pubrel(self, session: Session, p: Pubrel) -> None:
+        pid = session.relay_down.get(p.packet_id)
+        message = session.inflight.get(pid) if pid else None
+        if pid and message is not None:
+            message.released = True
+            self._send(codec.encode_pubrel(Pubrel(pid), self.level))
+            return
+        # not (or no longer) known here: the flow ends now
+        rc = R.PACKET_ID_NOT_FOUND if self.level == MQTT_V5 else 0
+        self._up(Pubcomp(p.packet_id, rc))
 
     def _login_refused(self, now: float) -> None:
         self._refuse(R.BAD_USERNAME_OR_PASSWORD)
@@ -497,9 +712,15 @@ class SessionCore:
         else:
             requested = 0 if p.clean_start else NEVER_EXPIRES
         expiry = min(requested, cfg.session_expiry_max)
-        if blob is not None and not p.clean_start:
+        broker = self._broker
+        clean = p.clean_start or (broker is not None and not broker.session_present)
+        if broker is not None:
+            expiry = min(expiry, broker.properties.get("session_expiry_interval", expiry))
+        if blob is not None and not clean:
             self.registry.adopt(blob)  # the session comes from another worker
-        session, present = self.registry.attach(client_id, self, p.clean_start)
+        # relay mode: a session the broker no longer has is gone here too (the client must
+        # start afresh; MQTT-3.2.2-4)
+        session, present = self.registry.attach(client_id, self, clean)
         self.session = session
         session.expiry_interval = expiry
         keep_alive = p.keep_alive
@@ -513,24 +734,38 @@ class SessionCore:
         self._client_receive_maximum = props.get("receive_maximum", DEFAULT_CLIENT_RECEIVE_MAXIMUM)
         self._client_max_packet = props.get("maximum_packet_size", 0)
         ack_props: Properties = {}
+        if broker is not None:
+            self._receive_maximum = min(
+                cfg.receive_maximum, broker.properties.get("receive_maximum", 65535)
+            )
         if level == MQTT_V5:
-            ack_props["receive_maximum"] = cfg.receive_maximum
+            ack_props["receive_maximum"] = self._receive_maximum
             ack_props["maximum_packet_size"] = cfg.max_packet_size
             ack_props["topic_alias_maximum"] = cfg.topic_alias_maximum
-            ack_props["shared_subscription_available"] = 0
+            if broker is None:
+                ack_props["shared_subscription_available"] = 0
+            else:
+                for key in CONNACK_FROM_BROKER:
+                    if key in broker.properties:
+                        ack_props[key] = broker.properties[key]
             if assigned:
                 ack_props["assigned_client_identifier"] = client_id
             if server_keep_alive is not None:
                 ack_props["server_keep_alive"] = server_keep_alive
             if expiry != requested:
                 ack_props["session_expiry_interval"] = expiry
+        if broker is not None:
+            present = broker.session_present
         self._connack(Connack(present, 0, ack_props), level)
         self.emit(Event(f"connect_v{'5' if level == MQTT_V5 else '311'}"))
         self._drop_fast_path()
         self._fast = self.handler.fast_path(client_id, level, cfg.max_packet_size)
         # resend what the session still owes the client, then what waited for it
         for pid, message in list(session.inflight.items()):
-            self._send_message(pid, message, dup=True)
+            if message.released:
+                self._send(codec.encode_pubrel(Pubrel(pid), level))
+            else:
+                self._send_message(pid, message, dup=True)
         self._drain_queue()
         self._flush()
 
@@ -544,6 +779,9 @@ class SessionCore:
                         "MQTT-3.14.2-2: session expiry set in DISCONNECT after 0 at CONNECT",
                     )
                 self.session.expiry_interval = min(new, self.settings.session_expiry_max)
+        if self._upstream == _LEG_OPEN:
+            # passed up as it came: 0x04 keeps the Will, the new session expiry applies there
+            self._end_upstream(Disconnect(p.reason_code, p.properties))
         self._end_batch()
         self.close()
 
@@ -568,7 +806,7 @@ class SessionCore:
                 if rc is not None:  # duplicate before PUBREL: acknowledge again only
                     self._send(codec.encode_pubrec(Pubrec(pid, rc), self.level))
                 return
-        if qos and self._held >= self.settings.receive_maximum:
+        if qos and self._held >= self._receive_maximum:
             raise ProtocolError(
                 R.RECEIVE_MAXIMUM_EXCEEDED,
                 "MQTT-3.3.4-9: more QoS 1/2 PUBLISH in flight than the Receive Maximum",
@@ -579,6 +817,9 @@ class SessionCore:
         else:
             result = self.handler.process(self.client_id, topic, p.payload, qos)
         if result is None:
+            if self._upstream == _LEG_OPEN and not is_local_topic(topic):
+                self._relay_up(session, p, topic)
+                return
             # not a file-transfer command: nobody to route it to in standalone mode
             if qos:
                 self._batch.append(_Done(p, topic, Outcome(R.NO_MATCHING_SUBSCRIBERS, ""), False))
@@ -720,6 +961,13 @@ class SessionCore:
         if session is None:
             raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: PUBREL before CONNECT")
         state = session.qos2_received
+        if self._upstream == _LEG_OPEN and (
+            p.packet_id in session.relayed_up or p.packet_id not in state
+        ):
+            # the broker holds this flow's state (or knows best that there is none)
+            session.relayed_up.add(p.packet_id)
+            self._up(p)
+            return
         if p.packet_id in state and state[p.packet_id] is not None:
             del state[p.packet_id]
             rc = 0
@@ -745,25 +993,51 @@ class SessionCore:
         self._flush()
 
     def _can_send_qos1(self, session: Session) -> bool:
-        limit = min(self._client_receive_maximum, self.settings.max_inflight_responses)
+        limit = self._client_receive_maximum
+        if self._broker is None:
+            limit = min(limit, self.settings.max_inflight_responses)
         return len(session.inflight) < limit
 
     def _send_message(self, pid: int | None, message: Message, *, dup: bool) -> None:
         props = message.properties if self.level == MQTT_V5 else {}
         pub = Publish(
-            message.topic, message.payload, message.qos if pid else 0, False, dup, pid, props
+            message.topic,
+            message.payload,
+            message.qos if pid else 0,
+            message.retain,
+            dup,
+            pid,
+            props,
         )
         data = codec.encode_publish(pub, self.level)
         if self._client_max_packet and len(data) > self._client_max_packet:
             log.warning(
-                "%s: response on %r exceeds the client's Maximum Packet Size, dropped",
+                "%s: message on %r exceeds the client's Maximum Packet Size, dropped",
                 self.client_id,
                 message.topic,
             )
             if pid is not None and self.session is not None:
                 self.session.inflight.pop(pid, None)
+                self._settle_down(self.session, message, R.UNSPECIFIED_ERROR)
             return
         self._send(data)
+
+    def _settle_down(self, session: Session, message: Message, rc: int) -> None:
+        """A relayed message's flow towards the client ended: acknowledge it to the broker."""
+        up_id = message.upstream_id
+        if up_id is None:
+            return
+        session.relay_down.pop(up_id, None)
+        if self._upstream != _LEG_OPEN:
+            return  # the broker sends it again on the next leg
+        if self.level != MQTT_V5:
+            rc = 0
+        if message.qos == 1:
+            self._up(Puback(up_id, rc))
+        elif message.released:
+            self._up(Pubcomp(up_id, rc))
+        else:
+            self._up(Pubrec(up_id, rc))
 
     def _drain_queue(self) -> None:
         session = self.session
@@ -773,14 +1047,48 @@ class SessionCore:
             message = session.queue.popleft()
             pid = session.allocate_packet_id()
             session.inflight[pid] = message
+            if message.upstream_id is not None:
+                session.relay_down[message.upstream_id] = pid
             self._send_message(pid, message, dup=False)
 
     def _on_puback(self, p: Puback) -> None:
         session = self.session
         if session is None:
             raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: PUBACK before CONNECT")
-        if session.inflight.pop(p.packet_id, None) is not None:
+        message = session.inflight.pop(p.packet_id, None)
+        if message is not None:
+            self._settle_down(session, message, p.reason_code)
             self._drain_queue()
+
+    def _on_pubrec(self, p: Pubrec) -> None:
+        """The client received a QoS 2 message from the broker (ftserver's own documents are
+        QoS 1): passed to the broker, whose PUBREL comes back down."""
+        session = self.session
+        if session is None:
+            raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: PUBREC before CONNECT")
+        message = session.inflight.get(p.packet_id)
+        if message is None or message.qos != 2 or message.upstream_id is None:
+            return
+        if p.reason_code >= 0x80:  # the flow ends here
+            del session.inflight[p.packet_id]
+            self._settle_down(session, message, p.reason_code)
+            self._drain_queue()
+            return
+        message.released = True
+        if self._upstream == _LEG_OPEN:
+            rc = p.reason_code if self.level == MQTT_V5 else 0
+            self._up(Pubrec(message.upstream_id, rc))
+
+    def _on_pubcomp(self, p: Pubcomp) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: PUBCOMP before CONNECT")
+        message = session.inflight.get(p.packet_id)
+        if message is None or not message.released:
+            return
+        del session.inflight[p.packet_id]
+        self._settle_down(session, message, p.reason_code)
+        self._drain_queue()
 
     # -- subscriptions -----------------------------------------------------------------------
 
@@ -802,7 +1110,16 @@ class SessionCore:
             raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: SUBSCRIBE before CONNECT")
         codes: list[int] = []
         ids: list[int | None] = list(p.properties.get("subscription_identifiers", [])) or [None]
+        relay = self._upstream == _LEG_OPEN
+        upstream: list[tuple[str, SubscriptionOptions]] = []
         for topic_filter, options in p.subscriptions:
+            if relay and not is_local_topic(topic_filter):
+                if is_valid_topic_filter(topic_filter):
+                    upstream.append((topic_filter, options))
+                    codes.append(-1)
+                else:
+                    codes.append(R.TOPIC_FILTER_INVALID if self.level == MQTT_V5 else 0x80)
+                continue
             code = self._subscription_code(topic_filter, options.qos)
             if code < 0x80:
                 sub = Subscription(options, ids[0])
@@ -810,16 +1127,30 @@ class SessionCore:
             elif self.level != MQTT_V5:
                 code = 0x80
             codes.append(code)
+        if upstream:  # the SUBACK waits for the broker's
+            self._sub_wait[p.packet_id] = codes
+            self._up(Subscribe(p.packet_id, upstream, p.properties))
+            return
         self._send(codec.encode_suback(Suback(p.packet_id, codes), self.level))
 
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         session = self.session
         if session is None:
             raise ProtocolError(R.PROTOCOL_ERROR, "MQTT-3.1.0-1: UNSUBSCRIBE before CONNECT")
+        relay = self._upstream == _LEG_OPEN
+        upstream = [f for f in p.topic_filters if relay and not is_local_topic(f)]
         codes = [
-            0 if self.registry.unsubscribe(session, f) else R.NO_SUBSCRIPTION_EXISTED
+            -1
+            if relay and not is_local_topic(f)
+            else 0
+            if self.registry.unsubscribe(session, f)
+            else R.NO_SUBSCRIPTION_EXISTED
             for f in p.topic_filters
         ]
+        if upstream:  # the UNSUBACK waits for the broker's
+            self._unsub_wait[p.packet_id] = codes
+            self._up(Unsubscribe(p.packet_id, upstream, p.properties))
+            return
         if self.level != MQTT_V5:
             codes = []
         self._send(codec.encode_unsuback(Unsuback(p.packet_id, codes), self.level))

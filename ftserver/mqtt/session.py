@@ -64,12 +64,18 @@ class Attached(Protocol):
 
 @dataclass(slots=True)
 class Message:
-    """A response document on its way to one session."""
+    """A message on its way to one session: a response document, or (relay mode) a message
+    from the broker, which carries the packet identifier it has on the upstream leg."""
 
     topic: str
     payload: bytes
     qos: int
     properties: Properties = field(default_factory=lambda: Properties())
+    retain: bool = False
+    #: relay mode: the broker's packet identifier (None: one of ftserver's own documents)
+    upstream_id: int | None = None
+    #: QoS 2: the client sent PUBREC; PUBREL is next (resent instead of the PUBLISH)
+    released: bool = False
 
 
 @dataclass(slots=True)
@@ -88,6 +94,8 @@ class Session:
         "next_packet_id",
         "qos2_received",
         "queue",
+        "relay_down",
+        "relayed_up",
         "subscriptions",
     )
 
@@ -101,6 +109,11 @@ class Session:
         self.next_packet_id = 1
         #: QoS 2 packet ids received: id -> reason code of the PUBREC (None while processing)
         self.qos2_received: dict[int, int | None] = {}
+        #: relay mode: broker's packet id -> the client's (0 while queued), until complete
+        self.relay_down: dict[int, int] = {}
+        #: relay mode: QoS 2 packet ids of the client's PUBLISHes passed to the broker, whose
+        #: PUBREL and PUBCOMP pass through too
+        self.relayed_up: set[int] = set()
         self.connection: Attached | None = None
         self.expiry_interval = 0
         self._expiry_handle: asyncio.TimerHandle | None = None
@@ -114,11 +127,21 @@ class Session:
         return pid
 
     def enqueue(self, message: Message) -> None:
+        """Queue ``message``. A relayed one is never dropped: the broker bounds how many it
+        has unacknowledged on the leg (its Receive Maximum towards ftserver)."""
+        if message.upstream_id is not None:
+            self.relay_down[message.upstream_id] = 0
+            self.queue.append(message)
+            return
         if len(self.queue) >= MAX_QUEUED:
-            dropped = self.queue.popleft()
-            log.warning(
-                "session %r: queue full, dropping a response on %r", self.client_id, dropped.topic
-            )
+            dropped = next((m for m in self.queue if m.upstream_id is None), None)
+            if dropped is not None:
+                self.queue.remove(dropped)
+                log.warning(
+                    "session %r: queue full, dropping a response on %r",
+                    self.client_id,
+                    dropped.topic,
+                )
         self.queue.append(message)
 
 
@@ -333,6 +356,9 @@ def _message_to_json(m: Message) -> dict[str, Any]:
         "payload": base64.b64encode(m.payload).decode(),
         "qos": m.qos,
         "properties": props_to_json(m.properties),
+        "retain": m.retain,
+        "upstream_id": m.upstream_id,
+        "released": m.released,
     }
 
 
@@ -342,6 +368,9 @@ def _message_from_json(obj: dict[str, Any]) -> Message:
         base64.b64decode(obj["payload"]),
         obj["qos"],
         props_from_json(obj["properties"]),
+        obj.get("retain", False),
+        obj.get("upstream_id"),
+        obj.get("released", False),
     )
 
 
@@ -365,6 +394,7 @@ def session_to_blob(s: Session) -> dict[str, Any]:
         "queue": [_message_to_json(m) for m in s.queue],
         "inflight": [[pid, _message_to_json(m)] for pid, m in s.inflight.items()],
         "qos2_received": [[pid, rc] for pid, rc in s.qos2_received.items() if rc is not None],
+        "relayed_up": sorted(s.relayed_up),
     }
 
 
@@ -377,4 +407,11 @@ def session_from_blob(blob: dict[str, Any]) -> Session:
     s.queue.extend(_message_from_json(m) for m in blob["queue"])
     s.inflight = {pid: _message_from_json(m) for pid, m in blob["inflight"]}
     s.qos2_received = {pid: rc for pid, rc in blob["qos2_received"]}
+    s.relayed_up = set(blob.get("relayed_up", ()))
+    for m in s.queue:
+        if m.upstream_id is not None:
+            s.relay_down[m.upstream_id] = 0
+    for pid, m in s.inflight.items():
+        if m.upstream_id is not None:
+            s.relay_down[m.upstream_id] = pid
     return s

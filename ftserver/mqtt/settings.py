@@ -31,6 +31,8 @@ class MqttSettings:
     topic_alias_maximum: int
     #: response documents in flight towards one client (also bounded by its Receive Maximum)
     max_inflight_responses: int
+    #: relay mode: everything but file transfer passes to an upstream broker (docs/relay.md)
+    relay: bool = False
 
 
 @dataclass(slots=True)

@@ -1,0 +1,1 @@
+"""Relay mode: ftserver in front of the user's MQTT broker (docs/relay.md)."""
