@@ -156,6 +156,7 @@ class SessionCore:
         "_client_receive_maximum",
         "_connect",
         "_connecting",
+        "_early",
         "_fast",
         "_grant",
         "_held",
@@ -235,6 +236,9 @@ class SessionCore:
         #: answer goes (the local filters answered already)
         self._sub_wait: dict[int, list[int]] = {}
         self._unsub_wait: dict[int, list[int]] = {}
+        #: relay mode: what the broker sent between its CONNACK and the session being ready
+        #: (the session is claimed meanwhile), handled once it is
+        self._early: list[Packet] | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -528,6 +532,7 @@ class SessionCore:
                 self._grant = acl.grant(p.username, broker_id)
         self._connecting = False
         self.emit(ResumeReading("connect"))
+        self._early = []
         self._claim(p, assigned)
         if not self._connecting:
             self._process()
@@ -574,7 +579,13 @@ class SessionCore:
     def upstream_packet(self, packet: Packet) -> None:
         """Relay mode: a packet from the broker (after its CONNACK)."""
         session = self.session
-        if self.closed or session is None or self._upstream != _LEG_OPEN:
+        if self.closed or self._upstream != _LEG_OPEN:
+            return
+        if session is None:
+            if self._early is not None:  # the session is being claimed: handled once it is
+                if isinstance(packet, Publish):
+                    packet.payload = bytes(packet.payload)  # a view of the leg's buffer
+                self._early.append(packet)
             return
         if isinstance(packet, Publish):
             self._relay_down(session, packet)
@@ -768,6 +779,9 @@ class SessionCore:
                 self._send_message(pid, message, dup=True)
         self._drain_queue()
         self._flush()
+        early, self._early = self._early, None
+        for packet in early or ():
+            self.upstream_packet(packet)
 
     def _on_disconnect(self, p: Disconnect) -> None:
         if self.session is not None and self.level == MQTT_V5:

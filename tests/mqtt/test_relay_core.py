@@ -418,3 +418,37 @@ def test_broker_closing_the_leg_disconnects_the_device_with_its_code() -> None:
     c2.core.upstream_closed(None)
     (disconnect,) = read_v5(c2.take())
     assert disconnect.reason_code == 0x80
+
+
+def test_broker_messages_before_the_session_is_claimed_are_kept() -> None:
+    """With workers the session is claimed after the broker's CONNACK; a persistent session's
+    queued messages can follow that CONNACK at once: none may be lost meanwhile."""
+
+    class Bridge:
+        def filter_added(self, topic_filter: str) -> None: ...
+
+        def filter_removed(self, topic_filter: str) -> None: ...
+
+        def matches_remote(self, topic: str) -> bool:
+            return False
+
+        def route_remote(self, topic: str, payload: bytes, properties: object) -> None: ...
+
+        def released(self, client_id: str) -> None: ...
+
+        async def claim(self, client_id: str) -> None:  # pragma: no cover - the glue's
+            return None
+
+    registry = SessionRegistry()
+    registry.bridge = Bridge()  # type: ignore[assignment]
+    c = relay_client(registry)
+    c.feed(mqtt5.ConnectPacket("dev-1", clean_start=False, session_expiry_interval=60).write())
+    c.core.upstream_connected(Connack(True, 0))
+    payload = bytearray(b"queued")
+    c.core.upstream_packet(Publish("q/1", memoryview(payload), 1, False, False, 3))
+    payload[:] = b"reused"  # the leg's buffer moves on
+    assert read_v5(c.take()) == []  # no CONNACK yet: the claim is running
+    c.core.session_claimed(None)
+    connack, pub = read_v5(c.take())
+    assert connack.session_present
+    assert pub.topic == "q/1" and pub.payload == b"queued"
