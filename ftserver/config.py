@@ -1130,13 +1130,22 @@ def _check_mqtt_security(config: Config) -> None:
             raise ConfigError(f"security.acl_file: {exc}") from None
     public = [lst for lst in listeners if not is_loopback_host(lst.host)]
     certified = bool(mqtt.tls_listen) and mqtt.tls_client_cert == "required"
-    if public and not (sec.password_file or sec.allow_anonymous or certified):
+    if public and not (
+        sec.password_file or sec.allow_anonymous or certified or broker_authenticates(config)
+    ):
         raise ConfigError(
             f"security.password_file: MQTT would listen on {public[0]} without "
             "authentication: set security.password_file (see `ftserver passwd`), require "
-            "TLS client certificates on a TLS-only listener, or set "
+            "TLS client certificates on a TLS-only listener, relay to a broker that "
+            'authenticates (relay.upstream with relay.credentials = "passthrough"), or set '
             "security.allow_anonymous = true to accept anyone"
         )
+
+
+def broker_authenticates(config: Config) -> bool:
+    """Relay mode passing each device's own credentials: the broker decides who connects
+    (every CONNACK waits for the broker's), so ftserver needs no password file of its own."""
+    return config.relay.enabled and config.relay.credentials == "passthrough"
 
 
 def is_loopback_host(host: str) -> bool:

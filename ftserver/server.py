@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
-from ftserver.config import Config, HostPort, host_port, is_loopback_host
+from ftserver.config import Config, HostPort, broker_authenticates, host_port, is_loopback_host
 from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
@@ -204,6 +204,7 @@ class Server:
         ctx.access = Access(
             passwords=PasswordFile(Path(sec.password_file)) if sec.password_file else None,
             anonymous_ok=sec.allow_anonymous
+            or broker_authenticates(cfg)
             or all(is_loopback_host(lst.host) for lst in listeners),
             tls_identity=cfg.mqtt.tls_identity,
             acl=Acl.load(Path(sec.acl_file)) if sec.acl_file else None,

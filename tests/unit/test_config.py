@@ -572,3 +572,67 @@ def test_tls_listener_needs_its_files(tmp_path: Path) -> None:
         load_config(None, {**base, "mqtt.tls_identity": "username"})
     with pytest.raises(ConfigError, match=r"mqtt\.tls_listen"):
         load_config(None, {**base, "mqtt.tls_listen": "nonsense"})
+
+
+# ------------------------------------------------------------------------------------------
+# [relay]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1883", ("127.0.0.1", 1883, False)),
+        ("mqtts://broker.example", ("broker.example", 8883, True)),
+        ("mqtt://broker.example", ("broker.example", 1883, False)),
+        ("mqtt://[::1]:2883/", ("::1", 2883, False)),
+    ],
+)
+def test_relay_upstream_parsed(url: str, expected: tuple[str, int, bool]) -> None:
+    config = load_config(None, {"relay.upstream": url})
+    assert config.relay.enabled and config.relay.address == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"relay.upstream": "tcp://127.0.0.1:1883"}, "relay.upstream"),
+        ({"relay.upstream": "mqtt://127.0.0.1:0"}, "relay.upstream"),
+        ({"relay.upstream": "mqtt://a b:1883"}, "relay.upstream"),
+        ({"relay.events_topic": "ft/events"}, "relay.events_topic"),
+        ({"relay.upstream": "mqtt://h", "relay.events_topic": "ft/#"}, "relay.events_topic"),
+        ({"relay.upstream": "mqtt://h", "relay.events_topic": "$SYS/x"}, "relay.events_topic"),
+        ({"relay.upstream": "mqtt://h", "relay.credentials": "fixed"}, "relay.username"),
+        ({"relay.upstream": "mqtt://h", "relay.username": "u"}, "relay.username"),
+        ({"relay.upstream": "mqtt://h", "relay.ca_file": "/etc/hostname"}, "relay.ca_file"),
+        ({"relay.upstream": "mqtts://h", "relay.ca_file": "/no/such/file"}, "relay.ca_file"),
+        ({"relay.upstream": "mqtt://h", "relay.credentials": "maybe"}, "relay.credentials"),
+        ({"relay.upstream": "mqtt://h", "relay.connect_timeout": "0s"}, "relay.connect_timeout"),
+        ({"relay.upstream": "mqtt://h", "relay.nonsense": "1"}, "relay.nonsense"),
+    ],
+)
+def test_relay_bad_values_name_the_key(overrides: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(None, overrides)
+
+
+def test_relay_password_never_in_repr() -> None:
+    config = load_config(
+        None,
+        {
+            "relay.upstream": "mqtt://h",
+            "relay.credentials": "fixed",
+            "relay.username": "ft",
+            "relay.password": "s3cret-value",
+        },
+    )
+    assert "s3cret-value" not in repr(config)
+
+
+def test_relay_passthrough_lets_the_broker_authenticate_a_public_listener() -> None:
+    public = {"mqtt.listen": "0.0.0.0:1883"}
+    with pytest.raises(ConfigError, match=r"security\.password_file"):
+        load_config(None, public)
+    load_config(None, {**public, "relay.upstream": "mqtt://127.0.0.1:1883"})
+    fixed = {"relay.credentials": "fixed", "relay.username": "ftserver"}
+    with pytest.raises(ConfigError, match=r"security\.password_file"):
+        load_config(None, {**public, "relay.upstream": "mqtt://127.0.0.1:1883", **fixed})
