@@ -190,8 +190,9 @@ RELAY_UPSTREAM_CONNECTIONS = Gauge(
 )
 RELAY_CONNECT_FAILURES = Counter(
     "ftserver_relay_connect_failures_total",
-    "Upstream CONNECTs that failed, by reason: unreachable, timeout, refused (the broker's "
-    "CONNACK said no), closed (the broker closed the connection before its CONNACK).",
+    "Upstream CONNECTs that failed, by reason: unreachable, tls (the TLS handshake failed), "
+    "timeout, refused (the broker's CONNACK said no), closed (the broker closed the "
+    "connection before its CONNACK).",
     ["worker", "reason"],
 )
 RELAY_MESSAGES = Counter(

@@ -79,6 +79,8 @@ from ftserver.topics import RESPONSE_PREFIX, is_file_command_topic, is_valid_top
 log = logging.getLogger(__name__)
 #: refusals at the connection limits come in floods (a fleet reconnecting): rate-limited
 _busy_log = RateLimitedLog(log, logging.WARNING)
+#: relay mode: a broker that is away fails every device's CONNECT at once
+_unavailable_log = RateLimitedLog(log, logging.WARNING)
 
 R = ReasonCode
 #: Receive Maximum a client has when it announces none (MQTT 5 §3.1.2.11.3)
@@ -541,7 +543,12 @@ class SessionCore:
         """Relay mode: the broker could not be reached or did not answer in time."""
         if self.closed:
             return
-        log.warning("%s (%s): broker unavailable (%s)", self.peer, self.client_id, reason)
+        _unavailable_log(
+            "%s (%s): broker unavailable (%s), answered Server unavailable",
+            self.peer,
+            self.client_id,
+            reason,
+        )
         self._upstream = _NO_LEG
         self._refuse(R.SERVER_UNAVAILABLE)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from ftserver import metrics
 from ftserver.config import RelayConfig
+from ftserver.errors import RateLimitedLog
 from ftserver.mqtt import codec
 from ftserver.mqtt.codec import Decoder, ProtocolError
 from ftserver.mqtt.packets import (
@@ -37,6 +38,8 @@ from ftserver.mqtt.spec import MAX_PACKET_SIZE, MQTT_V5
 from ftserver.mqtt.upstream import UpstreamListener
 
 log = logging.getLogger(__name__)
+#: a broker that is down fails every device's CONNECT at once: one line per interval
+_failure_log = RateLimitedLog(log, logging.WARNING)
 
 #: one QoS 1/2 PUBLISH in this many has its time to the broker's acknowledgement observed
 LATENCY_SAMPLE = 8
@@ -91,11 +94,13 @@ class RelayClient:
                 )
         except TimeoutError:
             self.failed(listener, "timeout", "no connection within relay.connect_timeout")
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:  # before OSError, of which it is one
+            self.failed(listener, "tls", str(exc))
+        except OSError as exc:
             self.failed(listener, "unreachable", str(exc))
 
     def failed(self, listener: UpstreamListener, reason: str, detail: str) -> None:
-        log.debug("upstream %s:%s: %s (%s)", self.host, self.port, reason, detail)
+        _failure_log("broker %s:%s: %s (%s)", self.host, self.port, reason, detail)
         metrics.RELAY_CONNECT_FAILURES.labels(self.worker, reason).inc()
         listener.upstream_failed(reason)
 
@@ -294,7 +299,8 @@ class UpstreamLeg(asyncio.Protocol):
         )
         if packet.packet_id is None or self.listener is None:
             return
-        rc = 0x95 if self.level == MQTT_V5 else 0  # what the broker would have said
+        # 0x83 Implementation specific error: valid in PUBACK and PUBREC, unlike 0x95
+        rc = 0x83 if self.level == MQTT_V5 else 0
         answer = Puback if packet.qos == 1 else Pubrec
         self.listener.upstream_packet(answer(packet.packet_id, rc))
 
