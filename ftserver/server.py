@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -40,9 +41,11 @@ from ftserver.limits import (
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
-from ftserver.relay.leg import RelayClient
 from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
+
+if TYPE_CHECKING:
+    from ftserver.relay.leg import RelayClient
 
 log = logging.getLogger("ftserver")
 
@@ -126,6 +129,10 @@ class Server:
             dispatcher.disk = DiskWatch(self.data_dir / "staging", cfg.limits.staging_low_water)
         self.dispatcher = dispatcher
         if cfg.relay.enabled:
+            # imported here: it imports prometheus-client, which must come after the
+            # supervisor set up its multiprocess directory (ftserver.metrics)
+            from ftserver.relay.leg import RelayClient
+
             self.relay = RelayClient(cfg.relay, worker=str(self.worker_id or 0))
             log.info("relay mode: everything but file transfer goes to %s", cfg.relay.upstream)
         self.ctx = ServerContext(
