@@ -234,7 +234,14 @@ class MqttConnection(asyncio.BufferedProtocol):
 
     def upstream_closed(self, disconnect: Disconnect | None) -> None:
         self._leg = None
+        self._resume("upstream")
         self.core.upstream_closed(disconnect)
+
+    def upstream_busy(self, busy: bool) -> None:
+        if busy:
+            self._pause("upstream")
+        else:
+            self._resume("upstream")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -294,6 +301,7 @@ class MqttConnection(asyncio.BufferedProtocol):
                 leg, self._leg = self._leg, None
                 if leg is not None:
                     leg.close(disconnect)
+                    self._resume("upstream")
 
     def _timer_fired(self) -> None:
         self._timer = None

@@ -558,6 +558,9 @@ class SessionCore:
         self._upstream = _NO_LEG
         if self.closed:
             return
+        if self.session is None:  # between the broker's CONNACK and the device's
+            self._refuse(R.SERVER_UNAVAILABLE)
+            return
         if disconnect is not None and self.level == MQTT_V5:
             props: Properties = {}
             for key in ("reason_string", "server_reference", "user_properties"):

@@ -57,6 +57,11 @@ class UpstreamListener(Protocol):
         """The broker ended the leg: with a DISCONNECT (MQTT 5), or (None) without one."""
         ...
 
+    def upstream_busy(self, busy: bool) -> None:
+        """The leg's send buffer is full (True) or drained again (False): the device's
+        packets wait in its socket meanwhile (QoS 0 has no other bound)."""
+        ...
+
 
 class Relay(Protocol):
     """Opens upstream legs (one per device connection) to the configured broker."""

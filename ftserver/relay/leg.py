@@ -188,6 +188,14 @@ class UpstreamLeg(asyncio.Protocol):
             )
             self._lost(None)
 
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_busy(True)
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_busy(False)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         if self._open:

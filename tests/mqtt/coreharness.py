@@ -139,6 +139,32 @@ class Client:
         return connack
 
 
+class NullBridge:
+    """A session registry bridge to no other worker: claims are answered by the test
+    (``session_claimed``), nothing is routed elsewhere."""
+
+    def filter_added(self, topic_filter: str) -> None: ...
+
+    def filter_removed(self, topic_filter: str) -> None: ...
+
+    def matches_remote(self, topic: str) -> bool:
+        return False
+
+    def route_remote(self, topic: str, payload: bytes, properties: object) -> None: ...
+
+    def released(self, client_id: str) -> None: ...
+
+    async def claim(self, client_id: str) -> None:  # pragma: no cover - the glue's
+        return None
+
+
+def claiming_registry() -> SessionRegistry:
+    """A registry whose CONNECTs wait for a claim, as with workers."""
+    registry = SessionRegistry()
+    registry.bridge = NullBridge()  # type: ignore[assignment]
+    return registry
+
+
 def sent(actions: list[Action]) -> bytes:
     """Every byte the actions write, in order."""
     return b"".join(a.data for a in actions if isinstance(a, Send))

@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 import mqtt5
-from coreharness import SETTINGS, Client, closed, read_v5, sent
+from coreharness import SETTINGS, Client, claiming_registry, closed, read_v5, sent
 from test_session_core import _frame, _str
 
 from ftserver.mqtt.actions import Action, CloseUpstream, OpenUpstream, SendUpstream
@@ -424,23 +424,7 @@ def test_broker_messages_before_the_session_is_claimed_are_kept() -> None:
     """With workers the session is claimed after the broker's CONNACK; a persistent session's
     queued messages can follow that CONNACK at once: none may be lost meanwhile."""
 
-    class Bridge:
-        def filter_added(self, topic_filter: str) -> None: ...
-
-        def filter_removed(self, topic_filter: str) -> None: ...
-
-        def matches_remote(self, topic: str) -> bool:
-            return False
-
-        def route_remote(self, topic: str, payload: bytes, properties: object) -> None: ...
-
-        def released(self, client_id: str) -> None: ...
-
-        async def claim(self, client_id: str) -> None:  # pragma: no cover - the glue's
-            return None
-
-    registry = SessionRegistry()
-    registry.bridge = Bridge()  # type: ignore[assignment]
+    registry = claiming_registry()
     c = relay_client(registry)
     c.feed(mqtt5.ConnectPacket("dev-1", clean_start=False, session_expiry_interval=60).write())
     c.core.upstream_connected(Connack(True, 0))
@@ -452,3 +436,18 @@ def test_broker_messages_before_the_session_is_claimed_are_kept() -> None:
     connack, pub = read_v5(c.take())
     assert connack.session_present
     assert pub.topic == "q/1" and pub.payload == b"queued"
+
+
+def test_broker_closing_the_leg_before_the_session_is_ready() -> None:
+    """The leg ends between the broker's CONNACK and the device's (the claim is running):
+    the device gets Server unavailable, not a bare close."""
+
+    registry = claiming_registry()
+    c = relay_client(registry)
+    c.feed(mqtt5.ConnectPacket("dev-1").write())
+    c.core.upstream_connected(Connack(False, 0))
+    c.take()
+    c.core.upstream_closed(None)
+    acts = c.take()
+    (connack,) = read_v5(acts)
+    assert connack.reason_code == 0x88 and closed(acts)

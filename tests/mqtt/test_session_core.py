@@ -8,7 +8,17 @@ import struct
 
 import mqtt5
 import pytest
-from coreharness import SETTINGS, Client, Commands, Pending, closed, kinds, read_v5, sent
+from coreharness import (
+    SETTINGS,
+    Client,
+    Commands,
+    Pending,
+    claiming_registry,
+    closed,
+    kinds,
+    read_v5,
+    sent,
+)
 
 from ftserver.auth import FAILED_LOGIN_DELAY
 from ftserver.errors import SUCCESS, Outcome, StorageError
@@ -236,23 +246,7 @@ def test_takeover_closes_the_old_connection() -> None:
 
 
 def test_claim_from_the_session_registry_before_the_connack() -> None:
-    class Bridge:
-        def filter_added(self, topic_filter: str) -> None: ...
-
-        def filter_removed(self, topic_filter: str) -> None: ...
-
-        def matches_remote(self, topic: str) -> bool:
-            return False
-
-        def route_remote(self, topic: str, payload: bytes, properties: object) -> None: ...
-
-        def released(self, client_id: str) -> None: ...
-
-        async def claim(self, client_id: str) -> None:  # pragma: no cover - the glue's
-            return None
-
-    registry = SessionRegistry()
-    registry.bridge = Bridge()  # type: ignore[assignment]
+    registry = claiming_registry()
     c = Client(registry=registry)
     acts = c.feed(mqtt5.ConnectPacket("dev-1", clean_start=True).write(), publish(SEGMENT))
     assert ClaimSession("dev-1") in acts and sent(acts) == b""
