@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: a broker that is down fails every device's CONNECT at once: one line per interval
 _failure_log = RateLimitedLog(log, logging.WARNING)
 
+#: payloads from this size on are written after their header rather than joined to it
+SPLIT_WRITE = 16 * 1024
 #: one QoS 1/2 PUBLISH in this many has its time to the broker's acknowledgement observed
 LATENCY_SAMPLE = 8
 
@@ -228,8 +230,11 @@ class UpstreamLeg(asyncio.Protocol):
                 counts.sampled += 1
                 if counts.sampled % LATENCY_SAMPLE == 0:
                     self._sent_at[packet.packet_id] = time.monotonic()
-            tr.write(header)
-            tr.write(packet.payload)
+            if len(packet.payload) < SPLIT_WRITE:
+                tr.write(header + packet.payload)
+            else:  # a large payload goes out as it is, uncopied
+                tr.write(header)
+                tr.write(packet.payload)
             return
         tr.write(codec.encode(packet, self.level))
 
