@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen.run import raise_fd_limit
-from bench.macro import churn, fin, floors, report, restart, scale, stalled, throughput
+from bench.macro import churn, fin, floors, relay, report, restart, scale, stalled, throughput
 from bench.macro.common import Row, Settings
 
 SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
     "stalled": stalled.run,
     "churn": churn.run,
     "restart": restart.run,
+    "relay": relay.run,
 }
 
 

@@ -60,6 +60,14 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("kill_to_all_resumed_s", "kill→all resumed s"),
         ("resume_ms_p99", "resume p99 ms"),
     ],
+    "relay": [
+        ("msg_per_s", "messages (or segments)/s"),
+        ("MBps", "MB/s"),
+        ("delivered", "delivered"),
+        ("server_cpu_us_per_msg", "server CPU µs/msg"),
+        ("server_cpu_s_per_GiB", "server CPU s/GiB"),
+        ("server_rss_peak_MB", "server RSS MB"),
+    ],
 }
 HEADLINE = {
     "throughput": "MBps",
@@ -68,6 +76,7 @@ HEADLINE = {
     "stalled": "growth_MB",
     "churn": "MBps",
     "restart": "kill_to_all_resumed_s",
+    "relay": "msg_per_s",
 }
 
 

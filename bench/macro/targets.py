@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.macro.common import Row
+from bench.macro.relay import INGEST, NAME, TELEMETRY
 
 
 @dataclass
@@ -225,4 +226,25 @@ def others(res: Results) -> list[Verdict]:
         out.append(Verdict(6, f"recovery of {many.case} (listening → all resumed)",
                            _f(rec, " s"), f"HTTP server {_f(hm, ' s')}", _f(_ratio(rec, hm)),
                            "< 2 s", None if rec is None else rec < 2))  # fmt: skip
+    return out + relay(res)
+
+
+def relay(res: Results) -> list[Verdict]:
+    """Issue 14's bench: relay mode against the broker alone and against standalone ftserver
+    (rows of :mod:`bench.macro.relay`; a relay that delivers nothing has no rows, so "not
+    measured")."""
+    out: list[Verdict] = []
+    rel = res.med(NAME, "ftserver-relay", "msg_per_s", TELEMETRY)
+    mq = res.med(NAME, "mosquitto", "msg_per_s", TELEMETRY)
+    r_tel = _ratio(rel, mq)
+    out.append(Verdict(14, "relay: QoS 1 telemetry, 100 B × 8 devices, through ftserver to "
+                       "Mosquitto vs straight to Mosquitto", _f(rel, " msg/s"),
+                       f"Mosquitto {_f(mq, ' msg/s')}", _f(r_tel), "≥ 0.5",
+                       None if r_tel is None else r_tel >= 0.5))  # fmt: skip
+    ing = res.med(NAME, "ftserver-relay", "MBps", INGEST)
+    alone = res.med(NAME, "ftserver", "MBps", INGEST)
+    r_ing = _ratio(ing, alone)
+    out.append(Verdict(14, "relay: ingest, 64 KiB × 8 uploaders, relay mode vs standalone",
+                       _f(ing, " MB/s"), f"standalone {_f(alone, ' MB/s')}", _f(r_ing),
+                       "≥ 0.9", None if r_ing is None else r_ing >= 0.9))  # fmt: skip
     return out
