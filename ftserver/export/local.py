@@ -3,8 +3,9 @@
 ``<exports>/<B1>/<B2>/<B3>/<esc(clientId)>/<esc(fileId)>/<name>`` plus the sidecar
 ``<name>.MANIFEST.json``. When the exports directory is on the staging filesystem (the
 default: both live under the data directory) an export is a rename plus the manifest: its
-cost does not grow with the file. The manifest is written last and atomically, so its presence
-is what marks a file as exported.
+cost does not grow with the file. The manifest is written first, under its final name, and
+the rename of the file beside it is the step that makes the export exist: a file with its
+manifest is exported (a manifest alone is not; see :meth:`LocalExporter.export_blocking`).
 
 The HTTP API reads the same tree (:mod:`ftserver.export.tree`) in a small thread pool the
 exporter starts on first use, so that a slow disk or a large listing never blocks an event

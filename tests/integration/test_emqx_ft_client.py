@@ -55,11 +55,12 @@ def test_emqx_ft_reference_client(server: ServerProcess, is_async: bool) -> None
     assert len(codes) == 2 + (len(data) + 1023) // 1024
     assert set(codes.values()) == {0}
     if is_async:
-        # async: the fin's PUBACK means "accepted"; the export follows. Wait for it on disk.
+        # async: the fin's PUBACK means "accepted"; the export follows. Wait for it on disk:
+        # the file with its manifest (the manifest is written first, the file's rename last)
         path = find_export(server.exports, client_id, file_id, "camera.jpg")
         manifest_path = path.with_name(path.name + ".MANIFEST.json")
         for _ in range(200):
-            if manifest_path.exists():
+            if manifest_path.exists() and path.exists():
                 break
             threading.Event().wait(0.05)
     path = find_export(server.exports, client_id, file_id, "camera.jpg")
