@@ -197,6 +197,8 @@ class TransferStore:
         self._exported: OrderedDict[Key, ExportInfo] = OrderedDict()
         self._exports: dict[Key, asyncio.Future[ExportInfo]] = {}
         self._dirty: dict[Key, Transfer] = {}
+        #: one group commit at a time (see :meth:`commit_sync`)
+        self._commit_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[None]] = set()
         #: recoveries running in a thread (and failed ones, until a command hears of it)
         self._recovering: dict[Key, asyncio.Future[Recovered]] = {}
@@ -594,23 +596,37 @@ class TransferStore:
             raise failed
 
     async def commit_sync(self) -> None:
-        """Group commit (sync durability): flush the data, then the journal records."""
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, {}
-        batches = [(t, t.journal.take()) for t in dirty.values()]
+        """Group commit (sync durability): flush the data, then the journal records.
 
-        def work() -> None:
-            for t, records in batches:
-                if t.asm.file.closed:
-                    continue
-                t.asm.flush()
-                # only this batch's records: those buffered meanwhile by the event loop name
-                # data this flush may have missed (and the buffer is the loop thread's)
-                t.journal.write_records(records, sync=True)
+        One group commit runs at a time. A caller whose records another one took (every
+        connection's records share the store's batch) must not acknowledge before that one
+        finished: it waits for the lock, and whatever is dirty then goes in the next batch.
+        """
+        async with self._commit_lock:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, {}
+            batches = [(t, t.journal.take()) for t in dirty.values()]
 
-        with storage_errors():
-            await asyncio.get_running_loop().run_in_executor(None, work)
+            def work() -> None:
+                for t, records in batches:
+                    if t.asm.file.closed:
+                        continue
+                    try:
+                        t.asm.flush()
+                        # only this batch's records: those buffered meanwhile by the event
+                        # loop name data this flush may have missed (and the buffer is the
+                        # loop thread's)
+                        t.journal.write_records(records, sync=True)
+                    except (FileNotFoundError, ValueError):
+                        # exported or discarded meanwhile (a fin in the same read as its
+                        # last segments runs beside this commit): its staging is gone, and
+                        # with it anything to make durable; anything else is an error
+                        if not t.asm.file.closed and os.path.isdir(t.dir):
+                            raise
+
+            with storage_errors():
+                await asyncio.get_running_loop().run_in_executor(None, work)
 
     @property
     def needs_commit(self) -> bool:

@@ -1304,6 +1304,34 @@ def test_group_commit_writes_only_its_batch(data_dir: Path) -> None:
     run(main())
 
 
+def test_group_commit_waits_for_the_one_holding_its_records(data_dir: Path) -> None:
+    """Connections share the store's batch: a commit that finds its records taken by a
+    commit still running must not return (its caller would acknowledge data not yet on
+    disk) until that one finished."""
+    data = payload(1000)
+
+    async def main() -> None:
+        s = TransferStore(data_dir, durability="sync")
+        journal = staging_dir(data_dir, CID, CID, FID) / "journal"
+        with held_executor(asyncio.get_running_loop()) as release:
+            send(s, data, 0, 1000)
+            first = asyncio.ensure_future(s.commit_sync())  # another connection's commit
+            await asyncio.sleep(0)  # it took the batch, these records with it
+            assert not needs_commit(s)
+            second = asyncio.ensure_future(s.commit_sync())  # this connection's
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not second.done()  # the records are not durable yet
+            assert journal_records(journal) == []
+            release.set()
+            await second
+            assert first.done()
+            assert spans(journal_records(journal)) == [(0, 1000)]
+        await s.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("how", ["abort", "collect_garbage"])
 def test_transfer_discarded_while_checkpoint_flush_queued(data_dir: Path, how: str) -> None:
     data = payload(2000)
