@@ -31,6 +31,17 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
 
+    def add_tls_listener(self, cafile: Path, certfile: Path, keyfile: Path) -> int:
+        """A second listener, TLS only, that requires a client certificate from ``cafile``'s
+        CA (call before :meth:`start`); returns its port."""
+        port = free_port()
+        with self.conf.open("a") as f:
+            f.write(
+                f"listener {port} 127.0.0.1\ncafile {cafile}\ncertfile {certfile}\n"
+                f"keyfile {keyfile}\nrequire_certificate true\n"
+            )
+        return port
+
     def start(self) -> Broker:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(

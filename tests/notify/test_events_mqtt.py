@@ -19,10 +19,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import trustme
 from notifyhelpers import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -182,3 +184,52 @@ def test_events_wait_for_the_broker_across_restarts_and_kills(
     ids = {doc["id"]: doc for _, doc in first + later}
     assert sorted(doc["fileId"] for doc in ids.values()) == ["a1", "a2", "b1", "b2"]
     assert all(doc["event"] == "exported" and doc["checksum"] == ok for doc in ids.values())
+
+
+def test_events_over_tls_with_a_client_certificate(
+    make_server: Callable[..., ServerProcess], tmp_path: Path, cid: str
+) -> None:
+    """mqtts:// upstream: the broker's certificate names ``broker.test`` (not the address
+    connected to), checked through relay.server_name and relay.ca_file; the broker requires
+    the client certificate of relay.cert_file / relay.key_file."""
+    ca = trustme.CA()
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "ccert", "ckey")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server_cert = ca.issue_cert("broker.test")
+    server_cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server_cert.private_key_pem.write_to_path(str(files["key"]))
+    client_cert = ca.issue_cert("ftserver-events")
+    client_cert.cert_chain_pems[0].write_to_path(str(files["ccert"]))
+    client_cert.private_key_pem.write_to_path(str(files["ckey"]))
+    broker = Broker(tmp_path / "mosquitto")
+    tls_port = broker.add_tls_listener(files["ca"], files["cert"], files["key"])
+    broker.start()
+    sub = Subscriber(broker.port)  # on the plain listener
+    args = (
+        "--workers", "1",
+        "--set", f"relay.upstream=mqtts://127.0.0.1:{tls_port}",
+        "--set", "relay.events_topic=ft/events",
+        "--set", f"relay.ca_file={files['ca']}",
+        "--set", f"relay.cert_file={files['ccert']}",
+        "--set", f"relay.key_file={files['ckey']}",
+        "--set", "notify.retry_max=500ms",
+    )  # fmt: skip
+    data = os.urandom(2000)
+    try:
+        # without relay.server_name the certificate does not match 127.0.0.1: refused
+        srv = make_server(*args)
+        client = FtClient(srv.mqtt_port, cid)
+        assert upload(client, "t1", data, hashlib.sha256(data).hexdigest()) == 0
+        client.close()
+        wait_for(lambda: "certificate verify failed" in srv.stderr(), "a refused certificate")
+        assert pending(srv) == 1
+        assert srv.stop() == 0, srv.stderr()
+        # with it, the pending event goes out
+        srv = make_server(*args, "--set", "relay.server_name=broker.test", data=srv.data_dir)
+        ((topic, doc),) = sub.take(1)
+        assert topic == f"ft/events/{cid}/t1" and doc["event"] == "exported"
+        wait_for(lambda: pending(srv) == 0, "the PUBACK")
+        assert srv.stop() == 0, srv.stderr()
+    finally:
+        sub.close()
+        broker.stop()
