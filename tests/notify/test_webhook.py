@@ -177,3 +177,29 @@ def test_every_event_reaches_a_flaky_receiver_signed_across_restarts(
             assert doc["destination"] == str(path.absolute())
             assert path.read_bytes() == files[fid]
     assert srv.stop() == 0, srv.stderr()
+
+
+def test_a_full_outbox_drops_the_oldest_and_counts_it(
+    make_server: Callable[..., ServerProcess], cid: str
+) -> None:
+    """Nobody listens at the webhook's port: with notify.max_pending = 2, the third event
+    drops the first (a warning, ftserver_notify_dropped_total) and two stay pending."""
+    srv = make_server(
+        "--workers", "1",
+        "--set", f"notify.url=http://127.0.0.1:{free_port()}/hook",
+        "--set", f"notify.secret={SECRET}",
+        "--set", "notify.max_pending=2",
+    )  # fmt: skip
+    client = FtClient(srv.mqtt_port, cid)
+    for i in range(3):
+        data = os.urandom(100)
+        assert upload(client, f"d{i}", data, hashlib.sha256(data).hexdigest()) == 0
+    client.close()
+    samples = scrape(srv.http_port)
+    assert metric(samples, "ftserver_notify_dropped_total", sink="webhook") == 1
+    assert metric(samples, "ftserver_webhook_pending") == 2
+    assert srv.stop() == 0
+    assert "full (2 events pending, notify.max_pending): dropped the oldest" in srv.stderr()
+    names = sorted(p.name for p in (srv.data_dir / "outbox" / "webhook" / "0").glob("*.json"))
+    docs = [json.loads((srv.data_dir / "outbox" / "webhook" / "0" / n).read_bytes()) for n in names]
+    assert [d["fileId"] for d in docs] == ["d1", "d2"]
