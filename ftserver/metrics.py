@@ -224,7 +224,7 @@ WEBHOOK_PENDING = Gauge(
 NOTIFY_DROPPED = Counter(
     "ftserver_notify_dropped_total",
     "Transfer events dropped undelivered, by sink (mqtt or webhook): the outbox was full "
-    "(notify.max_pending), or an event file was unreadable after a crash.",
+    "(notify.max_pending), or an event could not be written or read back.",
     ["sink"],
 )
 

@@ -99,8 +99,22 @@ class Notifier:
         doc = document(f, node=self.node, now=time.time(), destination=self._destination)
         body = encode(doc)
         for courier in self.couriers:
-            if courier.sink.admits(doc):
+            if not courier.sink.admits(doc):
+                continue
+            try:
                 courier.put(doc["id"], body)
+            except OSError as exc:  # the disk is full or failing: nothing to keep it in
+                log.error(
+                    "notify %s: the %s event of %r/%r could not be stored in %s (%s): lost",
+                    courier.sink.name,
+                    doc["event"],
+                    f.client_id,
+                    f.file_id,
+                    courier.outbox.directory,
+                    exc,
+                )
+                if courier.outbox.on_drop is not None:
+                    courier.outbox.on_drop()
 
     def start(self) -> None:
         for courier in self.couriers:
