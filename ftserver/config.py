@@ -8,7 +8,8 @@ declarations, and a test checks that ``docs/configuration.md`` lists exactly the
 these types and defaults.
 
 Configuration comes from a TOML file (tables ``[server]``, ``[mqtt]``, ``[http]``,
-``[limits]``, ``[transfer]``, ``[storage]``, ``[export]``) and from overrides keyed by the
+``[limits]``, ``[transfer]``, ``[storage]``, ``[security]``, ``[export]``, ``[relay]``,
+``[notify]``) and from overrides keyed by the
 dotted name (``{"limits.max_file_size": "1GiB"}``), applied after the file. Unknown keys and
 bad values raise :class:`ConfigError` naming the full key.
 
@@ -32,6 +33,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ __all__ = [
     "KeyDoc",
     "LimitsConfig",
     "MqttConfig",
+    "NotifyConfig",
     "RelayConfig",
     "ServerConfig",
     "StorageConfig",
@@ -61,6 +64,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_upstream",
+    "webhook_url",
 ]
 
 KiB: Final = 1024
@@ -807,6 +811,60 @@ def parse_upstream(url: str) -> tuple[str, int, bool]:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """``[notify]``: completion notifications (docs/events.md): the webhook, and the on-disk
+    outbox that both it and the relay's events (``relay.events_topic``) are delivered from."""
+
+    url: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "Webhook: POST one JSON document per exported or failed file to this http:// or "
+            "https:// URL. Empty: no webhook.",
+        ),
+    )
+    secret: str = field(
+        default="",
+        repr=False,  # a secret: never in a logged or printed Config
+        metadata=_spec(
+            "str",
+            "Key of the HMAC-SHA256 signature of each webhook body (header "
+            "X-Ftserver-Signature); required with notify.url; never logged.",
+        ),
+    )
+    timeout: float = field(
+        default=10.0,
+        metadata=_spec(
+            "duration",
+            "How long one webhook delivery (connect, send, answer) may take before it counts "
+            "as failed and is retried.",
+            lo=0.1,
+            hi=600,
+        ),
+    )
+    max_pending: int = field(
+        default=100_000,
+        metadata=_spec(
+            "int",
+            "Events kept on disk per sink and worker until delivered; beyond it the oldest is "
+            "dropped (logged, ftserver_notify_dropped_total).",
+            lo=1,
+            hi=10_000_000,
+        ),
+    )
+    retry_max: float = field(
+        default=60.0,
+        metadata=_spec(
+            "duration",
+            "Longest wait between two delivery attempts of a sink (exponential backoff with "
+            "jitter from 200ms up to this).",
+            lo=0.2,
+            hi=3600,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration: one frozen dataclass per TOML table.
 
@@ -823,6 +881,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @staticmethod
     def describe() -> list[KeyDoc]:
@@ -1042,6 +1101,7 @@ def _check_consistency(config: Config) -> None:
     _check_mqtt_security(config)
     _check_export(config.export)
     _check_relay(config.relay)
+    _check_notify(config.notify)
 
 
 def _check_export(export: ExportConfig) -> None:
@@ -1095,6 +1155,45 @@ def _check_relay(relay: RelayConfig) -> None:
             f"relay.events_topic: expected a topic prefix without wildcards, a leading $ "
             f"or a trailing /, got {topic!r}"
         )
+
+
+def webhook_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a webhook URL: ``http://`` or ``https://``, a host, an
+    optional port and path, no fragment; raises ``ValueError`` saying what is wrong."""
+    example = "'https://hooks.example.com/ftserver'"
+    if not url.isascii() or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise ValueError(f"expected an ASCII URL without spaces like {example}, got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL like {example}, got {url!r}")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"a fragment (#...) is never sent, drop it: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"expected a port 1-65535 in {url!r}") from None
+    if port == 0:
+        raise ValueError(f"expected a port 1-65535 in {url!r}")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _check_notify(notify: NotifyConfig) -> None:
+    """The webhook's URL and secret (docs/events.md)."""
+    if not notify.url:
+        if notify.secret:
+            raise ConfigError("notify.secret: used only with notify.url (the webhook)")
+        return
+    try:
+        webhook_url(notify.url)
+    except ValueError as exc:
+        raise ConfigError(f"notify.url: {exc}") from None
+    if not notify.secret:
+        raise ConfigError(
+            "notify.secret: required with notify.url (receivers verify each body's "
+            "HMAC-SHA256 with it; for example the output of 'openssl rand -hex 32')"
+        )
+    if len(notify.secret) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"notify.secret: must be at least {MIN_TOKEN_LENGTH} characters")
 
 
 def _check_mqtt_security(config: Config) -> None:

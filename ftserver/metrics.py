@@ -216,6 +216,18 @@ RELAY_EVENTS_PENDING = Gauge(
     ["worker"],
     multiprocess_mode="livesum",
 )
+WEBHOOK_PENDING = Gauge(
+    "ftserver_webhook_pending",
+    "Transfer events waiting on disk to be delivered to the webhook (notify.url).",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+NOTIFY_DROPPED = Counter(
+    "ftserver_notify_dropped_total",
+    "Transfer events dropped undelivered, by sink (mqtt or webhook): the outbox was full "
+    "(notify.max_pending), or an event could not be written or read back.",
+    ["sink"],
+)
 
 ALL = [
     CONNECTIONS,
@@ -255,6 +267,8 @@ ALL = [
     RELAY_BYTES,
     RELAY_SECONDS,
     RELAY_EVENTS_PENDING,
+    WEBHOOK_PENDING,
+    NOTIFY_DROPPED,
 ]
 
 #: outcome descriptions that mean a limit or quota was hit

@@ -41,6 +41,7 @@ from ftserver.limits import (
 from ftserver.mqtt.connection import MqttConnection, ServerContext
 from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
+from ftserver.notify.notifier import Notifier, wanted
 from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
 
@@ -86,6 +87,7 @@ class Server:
         self.dispatcher: Dispatcher | None = None
         #: relay mode: opens the upstream legs (None: standalone)
         self.relay: RelayClient | None = None
+        self.notifier: Notifier | None = None
         self._mqtt: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
         self._jobs: list[asyncio.Task[None]] = []
@@ -127,6 +129,12 @@ class Server:
             dispatcher.byte_rate = ByteRate(cfg.limits.client_byte_rate)
         if cfg.limits.staging_low_water:
             dispatcher.disk = DiskWatch(self.data_dir / "staging", cfg.limits.staging_low_water)
+        if wanted(cfg):  # completion events (docs/events.md)
+            self.notifier = Notifier(
+                cfg, self.data_dir, worker=self.worker_id or 0, workers=self._workers
+            )
+            dispatcher.on_finished = self.notifier.finished
+            self.notifier.start()
         self.dispatcher = dispatcher
         if cfg.relay.enabled:
             # imported here: it imports prometheus-client, which must come after the
@@ -293,6 +301,8 @@ class Server:
         if self.store is not None:
             await self.store.close()
             await self.store.exporter.close()
+        if self.notifier is not None:  # after the exports: their events are in the outbox
+            await self.notifier.stop()
         if self.ctx is not None:
             self._flush_metrics()
         if self._mqtt is not None:

@@ -29,7 +29,7 @@ from ftserver.errors import (
 )
 from ftserver.export.base import ExportInfo
 from ftserver.limits import ByteRate, DiskWatch
-from ftserver.meta import parse_filemeta
+from ftserver.meta import FileMeta, parse_filemeta
 from ftserver.topics import RESPONSE_PREFIX, is_file_command_topic
 from ftserver.transfer.commands import (
     Abort,
@@ -41,7 +41,7 @@ from ftserver.transfer.commands import (
     check_segment_checksum,
     parse_command,
 )
-from ftserver.transfer.store import TransferStore
+from ftserver.transfer.store import Transfer, TransferStore
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,24 @@ class Deferred:
 
     ack: Outcome | None
     final: Awaitable[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A transfer whose export ended, exported or failed: what the completion notifications
+    (``ftserver.notify``, through :attr:`Dispatcher.on_finished`) are made of."""
+
+    client_id: str
+    file_id: str
+    #: the export's result, as the fin is answered (``SUCCESS`` or the failure)
+    outcome: Outcome
+    meta: FileMeta | None
+    #: the size the fin gave
+    size: int
+    #: the SHA-256 the device gave (fin, else init), if any
+    checksum: bytes | None
+    #: the export, when it succeeded
+    export: ExportInfo | None
 
 
 class Publisher(Protocol):
@@ -95,6 +113,9 @@ class Dispatcher:
         self.observe = observe
         #: metrics hook: (seconds from arrival to result, outcome) of every fin
         self.on_fin: Callable[[float, Outcome], None] | None = None
+        #: notification hook: called once per export that ended (exported or failed), before
+        #: its fin is answered; a fin answered from an earlier export (a duplicate) runs none
+        self.on_finished: Callable[[Finished], None] | None = None
         #: metrics hook: seconds to handle a segment, for one segment in ``sample_every``
         self.on_segment_time: Callable[[float], None] | None = None
         self.sample_every = 32
@@ -205,7 +226,7 @@ class Dispatcher:
                 return SUCCESS
             running = store.fin_export(got, cmd.size, cmd.checksum)
             timeout = None if cmd.is_async else self.assemble_timeout
-            result = self._export_result(running, cmd, time.perf_counter(), timeout)
+            result = self._export_result(running, cmd, time.perf_counter(), timeout, got)
             return Deferred(SUCCESS if cmd.is_async else None, result)
         # a fin while the same transfer is exported (a retransmission, or a second fin): it
         # shares that export, then is checked against its result like any late fin
@@ -231,9 +252,11 @@ class Dispatcher:
         got = self.store.fin_prepare(client_id, cmd.file_id, cmd.size, cmd.checksum)
         if isinstance(got, ExportInfo):
             return SUCCESS
-        # the export failed and the transfer is still staged: this fin tries again
+        # the export failed and the transfer is still staged: this fin tries again (or joins
+        # the retry another fin started meanwhile, which notifies for both)
+        joined = self.store.export_running(client_id, cmd.file_id) is not None
         running = self.store.fin_export(got, cmd.size, cmd.checksum)
-        return self._await_export(running, cmd, time.perf_counter())
+        return self._await_export(running, cmd, time.perf_counter(), None if joined else got)
 
     def _export_result(
         self,
@@ -241,6 +264,7 @@ class Dispatcher:
         cmd: Fin,
         started: float,
         timeout: float | None,
+        t: Transfer,
     ) -> asyncio.Future[Outcome]:
         """The result of a fin that started an export: a future the export completes through
         a callback (what :meth:`_await_export` does, without a task, a shield and a
@@ -261,7 +285,13 @@ class Dispatcher:
                     out.cancel()
                 return
             exc = f.exception()
-            result = SUCCESS if exc is None else outcome_of(exc, what="export", file_id=cmd.file_id)
+            result = (
+                SUCCESS
+                if exc is None
+                else outcome_of(exc, what="export", client_id=t.client_id, file_id=cmd.file_id)
+            )
+            if self.on_finished is not None:
+                self._finished(t, cmd, result, None if exc is not None else f.result())
             if self.observe is not None:
                 self.observe("fin", result)
             if self.on_fin is not None:
@@ -273,19 +303,35 @@ class Dispatcher:
         return out
 
     async def _await_export(
-        self, running: asyncio.Future[ExportInfo], cmd: Fin, started: float
+        self, running: asyncio.Future[ExportInfo], cmd: Fin, started: float, t: Transfer | None
     ) -> Outcome:
+        info: ExportInfo | None = None
         try:
-            await asyncio.shield(running)
+            info = await asyncio.shield(running)
         except Exception as exc:
             result = outcome_of(exc, what="export", file_id=cmd.file_id)
         else:
             result = SUCCESS
+        if t is not None and self.on_finished is not None:
+            self._finished(t, cmd, result, info)
         if self.observe is not None:
             self.observe("fin", result)
         if self.on_fin is not None:
             self.on_fin(time.perf_counter() - started, result)
         return result
+
+    def _finished(self, t: Transfer, cmd: Fin, result: Outcome, info: ExportInfo | None) -> None:
+        """Tell :attr:`on_finished` (a failing notification never changes the fin's answer:
+        the file was exported, or the failure stands, either way)."""
+        assert self.on_finished is not None
+        checksum = cmd.checksum
+        if checksum is None and t.meta is not None:
+            checksum = t.meta.checksum_bytes
+        event = Finished(t.client_id, t.file_id, result, t.meta, cmd.size, checksum, info)
+        try:
+            self.on_finished(event)
+        except Exception:
+            log.exception("completion notification of %r/%r failed", t.client_id, t.file_id)
 
     async def _after_export(
         self,
