@@ -3,7 +3,6 @@ and start again on the same port (the bench's own way of finding and configuring
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -21,13 +20,7 @@ class Broker:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.conf = write_config(workdir, self.port)
-        store = workdir / "db"
-        store.mkdir()
-        with self.conf.open("a") as f:
-            f.write(f"persistence true\npersistence_location {store}/\n")
-            # as root, Mosquitto would switch to its own user, who cannot write here
-            f.write("user root\n" if os.geteuid() == 0 else "")
+        self.conf = write_config(workdir, self.port, persistence_dir=workdir / "db")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
 

@@ -21,7 +21,7 @@ from relaybroker import Broker
 from relaykit import relay_only
 from relaypeers import Peer
 
-from ftharness import FtClient, ServerProcess, metric, scrape
+from ftharness import FtClient, ServerProcess, find_export, metric, scrape
 
 EVENTS = "ft/events"
 LIVENESS = 30.0
@@ -31,12 +31,21 @@ def relay_with_events(make_relay: Callable[..., ServerProcess], broker: Broker) 
     return make_relay(broker, "--set", f"relay.events_topic={EVENTS}")
 
 
-def upload(port: int, client_id: str, file_id: str, data: bytes, mode: str = "$file") -> None:
-    c = FtClient(port, client_id)
+def upload(
+    relay: ServerProcess, client_id: str, file_id: str, data: bytes, mode: str = "$file"
+) -> None:
+    """Upload and wait for the export: an async fin's PUBACK only says "accepted", and the
+    event is stored when the export ends."""
+    c = FtClient(relay.mqtt_port, client_id)
     try:
         assert c.upload(file_id, data, name=f"{file_id}.bin", segment=16 * 1024, mode=mode) == 0
     finally:
         c.close()
+    path = find_export(relay.exports, client_id, file_id, f"{file_id}.bin")
+    deadline = time.monotonic() + LIVENESS
+    while not (path.exists() and path.with_name(path.name + ".MANIFEST.json").exists()):
+        assert time.monotonic() < deadline, f"{file_id} never exported"
+        time.sleep(0.02)
 
 
 def drained(relay: ServerProcess, watcher: Peer) -> list[tuple[str, dict[str, Any]]]:
@@ -81,9 +90,7 @@ def test_one_event_per_export(
     files = {f"f{i}": os.urandom(40_000 + i) for i in range(3)}
     cid = f"{uid}-dev"
     for file_id, data in files.items():
-        upload(
-            relay.mqtt_port, cid, file_id, data, mode="$file-async" if file_id == "f2" else "$file"
-        )
+        upload(relay, cid, file_id, data, mode="$file-async" if file_id == "f2" else "$file")
     events = drained(relay, watcher)
     topics = Counter(topic for topic, _doc in events)
     assert topics == Counter({f"{EVENTS}/{cid}/{f}": 1 for f in files})
@@ -114,7 +121,7 @@ def test_no_event_lost_across_a_broker_restart(
         cid = f"{uid}-dev{d}"
         for i in range(3):
             file_id = f"f{i}"
-            upload(relay.mqtt_port, cid, file_id, os.urandom(20_000), mode="$file-async")
+            upload(relay, cid, file_id, os.urandom(20_000), mode="$file-async")
             expected.add(f"{EVENTS}/{cid}/{file_id}")
     broker.stop()  # SIGTERM: Mosquitto saves the watcher's session and its queue
     watcher.wait_disconnected()
