@@ -178,20 +178,25 @@ def setup(level: str, fmt: str, worker: int | str, tag: str = "") -> None:
     logging.captureWarnings(True)
 
 
-def relay(line: bytes, worker: int) -> None:
-    """Copy a line a worker wrote to its standard error to ours. In the JSON format a line
-    that is not a JSON object (the worker printed it outside logging) is wrapped in one:
-    event ``worker_output``, level error."""
-    if _state["format"] == "json" and not (line.startswith(b"{") and line.endswith(b"}")):
-        text = line.decode("utf-8", "backslashreplace")
-        line = _json_line(
-            {
-                "time": rfc3339(time.time()),
-                "level": "error",
-                "worker": worker,
-                "logger": "ftserver.worker",
-                "event": "worker_output",
-                "msg": text,
-            }
-        ).encode()
-    write_line(line)
+def relay(lines: list[bytes], worker: int) -> None:
+    """Copy whole lines a worker wrote to its standard error to ours, in one write. In the
+    JSON format a line that is not a JSON object (the worker printed it outside logging) is
+    wrapped in one: event ``worker_output``, level error."""
+    if _state["format"] == "json":
+        lines = [_wrapped(line, worker) for line in lines]
+    write_line(b"\n".join(lines))
+
+
+def _wrapped(line: bytes, worker: int) -> bytes:
+    if line.startswith(b"{") and line.endswith(b"}"):
+        return line
+    return _json_line(
+        {
+            "time": rfc3339(time.time()),
+            "level": "error",
+            "worker": worker,
+            "logger": "ftserver.worker",
+            "event": "worker_output",
+            "msg": line.decode("utf-8", "backslashreplace"),
+        }
+    ).encode()

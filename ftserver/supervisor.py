@@ -61,13 +61,13 @@ async def _relay_lines(stream: asyncio.StreamReader, worker: int) -> None:
     rest = b""
     while chunk := await stream.read(1 << 16):
         *lines, rest = (rest + chunk).split(b"\n")
-        for line in lines:
-            logs.relay(line, worker)
         if len(rest) > logs.MAX_LINE:
-            logs.relay(rest, worker)
+            lines.append(rest)
             rest = b""
+        if lines:
+            logs.relay(lines, worker)
     if rest:
-        logs.relay(rest, worker)
+        logs.relay([rest], worker)
 
 
 async def _call(w: WorkerHandle, msg: Msg) -> Msg | None:

@@ -192,8 +192,7 @@ def test_relay_keeps_lines_and_wraps_stray_output(
     read, write = os.pipe()
     monkeypatch.setitem(logs._state, "fd", write)
     monkeypatch.setitem(logs._state, "format", fmt)
-    logs.relay(b'{"event":"init"}', 2)
-    logs.relay(b"Fatal Python error: Segmentation fault", 2)
+    logs.relay([b'{"event":"init"}', b"Fatal Python error: Segmentation fault"], 2)
     os.close(write)
     with os.fdopen(read, "rb") as f:
         out = f.read().decode().split("\n")
