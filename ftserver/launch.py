@@ -28,6 +28,9 @@ def run(config: Config, source: ConfigSource) -> int:
     """
     workers = config.server.worker_count
     setup_logging(config, "supervisor" if workers > 1 else 0)
+    # a reload asked for while starting: the files are being read anyway (the handler that
+    # reloads comes once the server runs)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers > 1:
         # prometheus-client's multiprocess mode: chosen by the environment before its first
         # import, in this process and in every worker (they inherit the variable)
