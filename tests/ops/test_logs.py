@@ -267,3 +267,43 @@ def test_paused_and_resumed_across_processes(
         await b.close()
 
     asyncio.run(body())
+
+
+def test_workers_long_lines_stay_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes write long JSON lines (far beyond the pipe's atomic 4 KiB) to their
+    standard error at once; the supervisor's relay copies them to one file: every line whole."""
+    import asyncio
+
+    from ftserver.supervisor import _relay_lines
+
+    script = (
+        "import json, os, sys\n"
+        "for i in range(200):\n"
+        "    sys.stderr.write(json.dumps({'w': sys.argv[1], 'i': i, 'pad': 'x' * 20000}) + '\\n')\n"
+        "    sys.stderr.flush()\n"
+        "print('a last line that is not JSON', file=sys.stderr)\n"
+    )
+    out = tmp_path / "stderr"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    monkeypatch.setitem(logs._state, "fd", fd)
+    monkeypatch.setitem(logs._state, "format", "json")
+
+    async def body() -> None:
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", script, str(w), stderr=asyncio.subprocess.PIPE
+            )
+            for w in (0, 1)
+        ]
+        relays = [_relay_lines(p.stderr, w) for w, p in enumerate(procs) if p.stderr]
+        await asyncio.gather(*relays, *(p.wait() for p in procs))
+
+    asyncio.run(body())
+    os.close(fd)
+    docs = records(out)
+    assert len(docs) == 2 * 201
+    for w in ("0", "1"):
+        assert [d["i"] for d in docs if d.get("w") == w] == list(range(200))
+    stray = [d for d in docs if d.get("event") == "worker_output"]
+    assert sorted(d["worker"] for d in stray) == [0, 1]
+    assert all(d["msg"] == "a last line that is not JSON" for d in stray)
