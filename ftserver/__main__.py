@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "data": "server.data_dir",
     "workers": "server.workers",
     "log_level": "server.log_level",
+    "log_format": "server.log_format",
     "durability": "storage.durability",
     "upstream": "relay.upstream",
 }
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-level", metavar="LEVEL", help="debug, info, warning or error (default info)"
+    )
+    serve.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default) or json: one JSON object per line (docs/operations.md)",
     )
     serve.add_argument(
         "--durability", metavar="MODE", help="fast (default) or sync: flush before acknowledging"

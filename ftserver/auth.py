@@ -2,8 +2,10 @@
 
 The password file has one ``username:hash`` line per user (``#`` starts a comment); hashes
 are argon2id in the PHC string format (argon2-cffi), so each carries its own salt and cost
-parameters. ``ftserver passwd FILE USER`` manages it. The file is re-read when it changes, so
-users can be added without a restart. (A client certificate standing for a user name or a
+parameters. ``ftserver passwd FILE USER`` manages it. The file is re-read when it changes (and
+on a reload, SIGHUP), so users can be added and removed without a restart; a new version that
+cannot be read or parsed is refused with a log line naming the file and the error, and the
+users read before stay in force. (A client certificate standing for a user name or a
 clientId is the MQTT connection's business: :mod:`ftserver.mqtt.connection`.)
 
 Verification is deliberately slow and memory-hard: it runs in a thread, at most
@@ -61,16 +63,27 @@ class PasswordFile:
         self.path = path
         self._mtime: tuple[int, int] | None = None
         self._users: dict[str, str] = {}
+        #: why the current version of the file was refused (logged once)
+        self._refused: str | None = None
         self._sem = asyncio.Semaphore(MAX_CONCURRENT_VERIFY)
         self.load()
 
-    def load(self) -> None:
+    @property
+    def users(self) -> int:
+        return len(self._users)
+
+    def load(self, *, force: bool = False) -> bool:
+        """Read the file if it changed since it was last read, or if ``force``; returns
+        whether it was read. Raises ``OSError`` or ``PasswordFileError`` and keeps the users
+        read before."""
         st = os.stat(self.path)
         stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._mtime:
-            return
+        if stamp == self._mtime and not force:
+            return False
         self._users = parse_password_file(self.path.read_text("utf-8"), str(self.path))
         self._mtime = stamp
+        self._refused = None
+        return True
 
     def _verify_blocking(self, username: str, password: bytes) -> bool:
         hashed = self._users.get(username)
@@ -87,8 +100,15 @@ class PasswordFile:
         try:
             self.load()
         except (OSError, PasswordFileError) as exc:
-            log.error("password file %s unusable (%s): refusing logins", self.path, exc)
-            return False
+            why = str(exc)
+            if why != self._refused:
+                self._refused = why
+                log.error(
+                    "password file %s: new version refused (%s); the users read before stay",
+                    self.path,
+                    exc,
+                    extra={"event": "reload_refused", "file": str(self.path), "error": why},
+                )
         async with self._sem:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self._verify_blocking, username, password)

@@ -275,6 +275,15 @@ class ServerConfig:
             choices=("debug", "info", "warning", "error", "critical"),
         ),
     )
+    log_format: str = field(
+        default="text",
+        metadata=_spec(
+            "choice",
+            "Format of the log lines on standard error: text, for people, or json, one object "
+            "per line, for machines (docs/operations.md, Logs).",
+            choices=("text", "json"),
+        ),
+    )
 
     @property
     def worker_count(self) -> int:

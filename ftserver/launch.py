@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 from ftserver.config import Config, ConfigSource
-from ftserver.server import Server, announce, new_runner, setup_logging
+from ftserver.server import Server, announce, new_runner, reload_done, setup_logging
 
 log = logging.getLogger("ftserver")
 
@@ -26,8 +26,11 @@ def run(config: Config, source: ConfigSource) -> int:
     ``source`` (the config file and overrides) lets worker processes load the same
     configuration.
     """
-    setup_logging(config)
     workers = config.server.worker_count
+    setup_logging(config, "supervisor" if workers > 1 else 0)
+    # a reload asked for while starting: the files are being read anyway (the handler that
+    # reloads comes once the server runs)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if workers > 1:
         # prometheus-client's multiprocess mode: chosen by the environment before its first
         # import, in this process and in every worker (they inherit the variable)
@@ -55,7 +58,11 @@ async def _main(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_done(server.reload(), 1))
     assert server.mqtt_address is not None and server.http_address is not None
     announce(server.mqtt_address, server.http_address, server.data_dir, server.mqtts_address)
+    log.info(
+        "serving MQTT on port %d", server.mqtt_address[1], extra={"event": "started", "workers": 1}
+    )
     await server.serve_until_stopped()
     return 0

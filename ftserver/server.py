@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import ssl
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ftserver.acl import Acl
-from ftserver.auth import PasswordFile
+from ftserver import logs
+from ftserver.acl import Acl, AclError
+from ftserver.auth import PasswordFile, PasswordFileError
 from ftserver.config import Config, HostPort, broker_authenticates, host_port, is_loopback_host
 from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
@@ -80,6 +80,9 @@ class Server:
             self._tls_listen = HostPort(self._tls_listen.host, tls_port)
         self._mqtts: asyncio.Server | None = None
         self.mqtts_address: tuple[str, int] | None = None
+        #: the TLS listener's context, and the one its new handshakes use (a reload swaps it)
+        self._tls: ssl.SSLContext | None = None
+        self._tls_current: ssl.SSLContext | None = None
         self.registry.bridge = bridge
         self.data_dir = Path(config.server.data_dir)
         self.store: TransferStore | None = None
@@ -160,11 +163,13 @@ class Server:
         sock = self._mqtt.sockets[0].getsockname()
         self.mqtt_address = (sock[0], sock[1])
         if self._tls_listen is not None:
+            self._tls = self._tls_current = tls_context(cfg)
+            self._tls.sni_callback = self._pick_tls
             self._mqtts = await loop.create_server(
                 lambda: MqttConnection(ctx),
                 self._tls_listen.host,
                 self._tls_listen.port,
-                ssl=tls_context(cfg),
+                ssl=self._tls,
                 reuse_address=True,
                 reuse_port=self.worker_id is not None,
                 backlog=1024,
@@ -198,7 +203,7 @@ class Server:
         chosen = size_descriptors(nofile, was, share, 2 if relay else 1)
         if relay:
             chosen = replace(chosen, note=" (two descriptors each in relay mode)")
-        log.info("%s", chosen.describe())
+        log.info("%s", chosen.describe(), extra={"event": "descriptors"})
         return chosen
 
     def _secure(self, ctx: ServerContext) -> None:
@@ -224,6 +229,50 @@ class Server:
             tls_identity=cfg.mqtt.tls_identity,
             acl=Acl.load(Path(sec.acl_file)) if sec.acl_file else None,
         )
+
+    def _pick_tls(self, conn: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        """Called by OpenSSL in every TLS handshake of the listener, once the ClientHello is
+        in (whether or not it names a server): hands the handshake the context of the last
+        reload, so new connections get the new certificate and established ones keep theirs.
+        """
+        current = self._tls_current
+        if current is not None and current is not ctx:
+            conn.context = current
+
+    def reload(self) -> list[str]:
+        """Re-read the password file, the ACL file and the TLS listener's certificate, key and
+        CA (SIGHUP). Each new version that is valid applies from the next CONNECT or TLS
+        handshake on; connections stay as they are. One that is not is refused with a log line
+        naming the file and the error, and the one before stays in force. Returns the files
+        refused."""
+        refused: list[str] = []
+        access = self.ctx.access if self.ctx is not None else None
+        sec = self.config.security
+        if access is not None and access.passwords is not None:
+            pw = access.passwords
+            try:
+                pw.load(force=True)
+            except (OSError, PasswordFileError) as exc:
+                refused.append(_refused("password file", pw.path, exc))
+            else:
+                _reloaded("password file", pw.path, users=pw.users)
+        if access is not None and sec.acl_file:
+            path = Path(sec.acl_file)
+            try:
+                access.acl = Acl.load(path)
+            except AclError as exc:
+                refused.append(_refused("ACL file", path, exc))
+            else:
+                _reloaded("ACL file", path, rules=len(access.acl.rules))
+        if self._tls is not None:
+            mqtt = self.config.mqtt
+            try:
+                self._tls_current = tls_context(self.config)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                refused.append(_refused("TLS certificate", Path(mqtt.tls_cert), exc))
+            else:
+                _reloaded("TLS certificate", Path(mqtt.tls_cert), key=mqtt.tls_key)
+        return refused
 
     async def _start_http(self) -> None:
         from ftserver import metrics
@@ -281,7 +330,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let running exports finish (bounded), persist, close."""
-        log.info("shutting down")
+        log.info("shutting down", extra={"event": "stopping"})
         if self._mqtt is not None:
             self._mqtt.close()
         if self._mqtts is not None:
@@ -310,7 +359,7 @@ class Server:
                 await asyncio.wait_for(self._mqtt.wait_closed(), 2.0)
         if self._http is not None:
             await self._http.cleanup()
-        log.info("stopped")
+        log.info("stopped", extra={"event": "stopped"})
 
 
 async def collect_exports(data_dir: Path) -> int:
@@ -359,6 +408,31 @@ class _StoreMetrics(StoreHooks):
         from ftserver import metrics
 
         metrics.OPEN_TRANSFERS_CLOSED.labels("cache_full").inc()
+
+
+def reload_done(refused: list[str], workers: int) -> None:
+    """The line that ends a reload of the whole server (SIGHUP)."""
+    log.info(
+        "reload done: %d process(es), %d file(s) refused",
+        workers,
+        len(refused),
+        extra={"event": "reload_done", "workers": workers, "refused": sorted(set(refused))},
+    )
+
+
+def _reloaded(what: str, path: Path, **fields: object) -> None:
+    log.info("%s %s reloaded", what, path, extra={"event": "reloaded", "file": str(path), **fields})
+
+
+def _refused(what: str, path: Path, exc: BaseException) -> str:
+    log.error(
+        "%s %s refused (%s): the one read before stays in force",
+        what,
+        path,
+        exc,
+        extra={"event": "reload_refused", "file": str(path), "error": str(exc)},
+    )
+    return str(path)
 
 
 def return_freed_buffers() -> None:
@@ -410,13 +484,11 @@ def tls_context(config: Config) -> ssl.SSLContext:
     return ctx
 
 
-def setup_logging(config: Config, name: str = "") -> None:
-    tag = f" [{name}]" if name else ""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(config: Config, worker: int | str = 0, tag: str = "") -> None:
+    """Log at ``server.log_level`` in ``server.log_format`` (:mod:`ftserver.logs`). ``worker``
+    is this process: a worker's index, ``"supervisor"``, or 0 for a single-process server;
+    ``tag`` names it in text lines (``w3``)."""
+    logs.setup(config.server.log_level, config.server.log_format, worker, tag)
 
 
 def new_runner() -> asyncio.Runner:

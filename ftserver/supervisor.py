@@ -29,11 +29,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ftserver import metrics
+from ftserver import logs, metrics
 from ftserver.config import Config, ConfigSource, HostPort, host_port
 from ftserver.control import Channel, ChannelClosed, Msg
 from ftserver.http.api import ApiContext, build_app
-from ftserver.server import announce, collect_exports_forever
+from ftserver.server import announce, collect_exports_forever, reload_done
 from ftserver.topics import topic_matches
 from ftserver.worker import ENV
 
@@ -43,13 +43,49 @@ log = logging.getLogger("ftserver.supervisor")
 START_TIMEOUT = 30.0
 #: how long a takeover may take before the new connection goes ahead anyway
 TAKEOVER_TIMEOUT = 10.0
+#: how long a worker has to answer a request of the supervisor (reload)
+CALL_TIMEOUT = 10.0
 #: how long a stopping worker has before it is killed
 STOP_TIMEOUT = 30.0
+#: how long the lines an exited worker left in its standard error pipe may take to come out
+RELAY_DRAIN = 2.0
 #: how many departed clients' last workers are remembered
 LAST_OWNERS = 100_000
 #: restart delay after a worker died, doubled while it keeps dying quickly (capped)
 RESTART_DELAY = 0.2
 RESTART_DELAY_MAX = 10.0
+
+
+async def _relay_lines(stream: asyncio.StreamReader, worker: int) -> None:
+    """Copy a worker's standard error to ours one whole line at a time (ftserver.logs)."""
+    rest = b""
+    while chunk := await stream.read(1 << 16):
+        *lines, rest = (rest + chunk).split(b"\n")
+        if len(rest) > logs.MAX_LINE:
+            lines.append(rest)
+            rest = b""
+        if lines:
+            logs.relay(lines, worker)
+    if rest:
+        logs.relay([rest], worker)
+
+
+async def _call(w: WorkerHandle, msg: Msg) -> Msg | None:
+    """A request to a worker; None if it did not answer in time or went away."""
+    assert w.channel is not None
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            return await w.channel.call(msg)
+    except (TimeoutError, ChannelClosed) as exc:
+        log.error("worker %d did not answer %r: %r", w.id, msg.get("op"), exc)
+        return None
+
+
+async def _drained(w: WorkerHandle) -> None:
+    """Wait (briefly) until what an exited worker wrote to its standard error is out."""
+    if w.relay is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(w.relay), RELAY_DRAIN)
 
 
 def _reserve(listen: HostPort) -> socket.socket:
@@ -71,6 +107,8 @@ class WorkerHandle:
     filters: Counter[str] = field(default_factory=Counter)
     restarts: int = 0
     started_at: float = 0.0
+    #: copies the worker's standard error to ours, line by line (ftserver.logs)
+    relay: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -96,6 +134,8 @@ class Supervisor:
         self.tls_port: int | None = None
         self._http: web.AppRunner | None = None
         self._monitors: list[asyncio.Task[None]] = []
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -103,6 +143,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._reserve_port()
@@ -128,7 +169,12 @@ class Supervisor:
         if self.tls_port is not None:
             mqtts = (host_port(self.config.mqtt.tls_listen).host, self.tls_port)
         announce((listen.host, self.mqtt_port), http, self.data_dir, mqtts)
-        log.info("%d workers serving MQTT on port %d", len(self.workers), self.mqtt_port)
+        log.info(
+            "%d workers serving MQTT on port %d",
+            len(self.workers),
+            self.mqtt_port,
+            extra={"event": "started", "workers": len(self.workers)},
+        )
         await self._stopping.wait()
         await self._shutdown()
         return 0
@@ -176,8 +222,11 @@ class Supervisor:
             # folder there called ftserver/ or ftcore/ is never imported instead of ours
             sys.executable, "-P", "-m", "ftserver", "_worker",
             pass_fds=[theirs.fileno()], env=env, stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         theirs.close()
+        assert w.proc.stderr is not None
+        w.relay = asyncio.create_task(_relay_lines(w.proc.stderr, w.id))
         w.channel = await Channel.from_socket(mine, lambda msg: self._handle(w, msg), f"w{w.id}")
         asyncio.create_task(w.channel.run())  # noqa: RUF006 - it ends with the worker
 
@@ -186,12 +235,18 @@ class Supervisor:
         while True:
             assert w.proc is not None
             code = await w.proc.wait()
+            await _drained(w)  # its last words first
             self._forget(w)
             metrics.mark_dead(w.proc.pid)
             metrics.WORKERS_UP.set(sum(1 for x in self.workers if x.alive))
             if self._stopping.is_set():
                 return
-            log.error("worker %d exited with %s; restarting it", w.id, code)
+            log.error(
+                "worker %d exited with %s; restarting it",
+                w.id,
+                code,
+                extra={"event": "worker_exited", "code": code, "pid": w.proc.pid},
+            )
             if time.monotonic() - w.started_at > 60:
                 delay = RESTART_DELAY
             await asyncio.sleep(delay)
@@ -214,7 +269,7 @@ class Supervisor:
             w.channel.close()
 
     async def _shutdown(self) -> None:
-        log.info("shutting down")
+        log.info("shutting down", extra={"event": "stopping"})
         self._stopping.set()
         for w in self.workers:
             if w.channel is not None:
@@ -229,6 +284,8 @@ class Supervisor:
                 log.error("worker %d did not stop; killing it", w.id)
                 w.proc.kill()
                 await w.proc.wait()
+        for w in self.workers:
+            await _drained(w)
         for task in self._monitors:
             task.cancel()
         if self._http is not None:
@@ -236,7 +293,31 @@ class Supervisor:
         for sock in (self._reserve, self._reserve_tls):
             if sock is not None:
                 sock.close()
-        log.info("stopped")
+        log.info("stopped", extra={"event": "stopped"})
+
+    def _reload_soon(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self.reload())
+        else:  # one is running: run another after it, the files may have changed since
+            self._reload_again = True
+
+    async def reload(self) -> None:
+        """SIGHUP: every running worker re-reads its password file, ACL file and TLS
+        certificate (:meth:`ftserver.server.Server.reload`); one line sums it up. A worker that
+        is (re)starting reads them anyway."""
+        while True:
+            self._reload_again = False
+            workers = [w for w in self.workers if w.alive and w.channel is not None]
+            log.info(
+                "reload: SIGHUP forwarded to %d worker(s)",
+                len(workers),
+                extra={"event": "reload", "workers": len(workers)},
+            )
+            replies = await asyncio.gather(*(_call(w, {"op": "reload"}) for w in workers))
+            refused = [f for r in replies for f in (r or {}).get("refused", [])]
+            reload_done(refused, len(workers))
+            if not self._reload_again:
+                return
 
     # -- control messages --------------------------------------------------------------------
 

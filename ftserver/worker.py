@@ -137,6 +137,8 @@ async def _worker(spec: dict[str, Any]) -> int:
             )
         elif op == "stop":
             server.request_stop()
+        elif op == "reload":
+            return {"refused": server.reload()}
         return {}
 
     sock = socket.socket(fileno=int(spec["fd"]))
@@ -151,6 +153,7 @@ async def _worker(spec: dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    loop.add_signal_handler(signal.SIGHUP, server.reload)  # the supervisor forwards its own
     channel.send({"op": "ready", "pid": os.getpid()})
 
     async def supervisor_gone() -> None:
@@ -170,8 +173,9 @@ async def _worker(spec: dict[str, Any]) -> int:
 def main() -> int:
     spec = json.loads(os.environ[ENV])
     _die_with_parent(int(spec["parent"]))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the server can reload
     config = load_config(Path(spec["config"]) if spec["config"] else None, spec["overrides"])
-    setup_logging(config, f"w{spec['id']}")
+    setup_logging(config, int(spec["id"]), f"w{spec['id']}")
     with new_runner() as runner:
         code = runner.run(_worker(spec))
     sys.stdout.flush()

@@ -7,7 +7,7 @@ exporter (local directory or S3), so that neither knows which one it talks to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -32,6 +32,8 @@ class ExportInfo:
     size: int
     checksum: str  # uppercase hex SHA-256
     path: Path
+    #: where the file went, for people (an S3 exporter's ``s3://bucket/key``); empty: ``path``
+    destination: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -772,7 +772,9 @@ class S3Exporter:
         path = await loop.run_in_executor(
             None, self._record, client_id, file_id, meta, checksum, key, size
         )
-        return ExportInfo(client_id, file_id, meta, size, checksum, path)
+        return ExportInfo(
+            client_id, file_id, meta, size, checksum, path, f"s3://{self.cfg.bucket}/{key}"
+        )
 
     async def _upload(self, key: str, path: Path, size: int, metadata: dict[str, str]) -> None:
         bucket = self._io.bucket

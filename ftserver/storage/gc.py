@@ -9,12 +9,14 @@ process collects what it holds), so any number of workers can collect at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Container
 from pathlib import Path
 
 from ftserver.errors import FtError, TransferBusy
 from ftserver.meta import FileMeta
+from ftserver.names import unesc
 from ftserver.storage.staging import (
     JOURNAL,
     Gone,
@@ -25,7 +27,9 @@ from ftserver.storage.staging import (
     staged_dirs,
 )
 
-__all__ = ["TMP_AGE", "collect_expired"]
+__all__ = ["TMP_AGE", "collect_expired", "log_expired"]
+
+log = logging.getLogger(__name__)
 
 #: a staging directory still being built after this many seconds was left by a crash
 TMP_AGE = 3600.0
@@ -57,18 +61,39 @@ def collect_expired(
         except (TransferBusy, Gone, OSError):
             continue  # open in another worker (it collects its own) or gone already
         try:
-            if not _expired(d, now, ttl):
+            idle = _idle(d, now)
+            if idle is None or idle <= ttl:
                 continue  # its holder touched it before letting it go
             remove(d)
         finally:
             os.close(lock)
         removed += 1
+        log_expired(unesc(d.parent.name), unesc(d.name), idle, ttl)
     return removed
 
 
+def log_expired(client_id: str, file_id: str, idle: float, ttl: float) -> None:
+    """The line of an unfinished transfer deleted for having been idle longer than its TTL."""
+    log.info(
+        "transfer expired",
+        extra={
+            "event": "expired",
+            "clientId": client_id,
+            "fileId": file_id,
+            "idle": round(idle, 3),
+            "ttl": ttl,
+        },
+    )
+
+
 def _expired(d: Path, now: float, ttl: float) -> bool:
+    idle = _idle(d, now)
+    return idle is not None and idle > ttl
+
+
+def _idle(d: Path, now: float) -> float | None:
+    """Seconds since the staged transfer's last activity (None: no journal)."""
     try:
-        last = (d / JOURNAL).stat().st_mtime
+        return now - (d / JOURNAL).stat().st_mtime
     except FileNotFoundError:
-        return False
-    return now - last > ttl
+        return None

@@ -84,6 +84,7 @@ class Transfer:
         "last_activity",
         "lock_fd",
         "meta",
+        "paused_since",
         "unflushed",
     )
 
@@ -112,6 +113,9 @@ class Transfer:
         self.lock_fd = lock_fd
         #: the client went to another worker: close this transfer once its export ends
         self.close_after_export = False
+        #: paused (its client left, or it was reopened from disk by a later connection): the
+        #: time of its last activity before; 0.0 when not paused
+        self.paused_since = 0.0
 
     @property
     def key(self) -> Key:
@@ -204,8 +208,10 @@ class TransferStore:
         self._recovering: dict[Key, asyncio.Future[Recovered]] = {}
         #: transfers whose client moved to another worker while they were being recovered
         self._release_on_recovery: set[Key] = set()
-        #: the native segment path of each connected client (see :meth:`segment_path`)
+        #: the native segment path of each connected client (see :meth:`segment_path`), and
+        #: when that connection began: the store learns connections and departures from them
         self._paths: dict[str, ftcore.SegmentPath] = {}
+        self._connected_at: dict[str, float] = {}
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -331,6 +337,11 @@ class TransferStore:
         self._recovering.pop(key, None)
         result = fut.result()
         if isinstance(result, Transfer):
+            # reopened for a later connection than the one that last touched it: paused
+            # until that command runs (it logs "resumed")
+            connected = self._connected_at.get(key[0])
+            if connected is not None and result.last_activity < connected:
+                result.paused_since = result.last_activity
             # a command asked for it: that is activity, and neither close_idle nor the
             # collector may take it back before that command runs again
             result.last_activity = time.time()
@@ -357,6 +368,8 @@ class TransferStore:
         else:
             t = got
             t.last_activity = time.time()
+            if t.paused_since:
+                self._resumed(t)
             if t.meta is not None:
                 if t.meta != meta:
                     raise FileMetaConflict()
@@ -364,6 +377,16 @@ class TransferStore:
             staging.write_meta(t.dir, meta, sync=self.durability == "sync")
             t.meta = meta
         self.hooks.started()
+        log.info(
+            "transfer started",
+            extra={
+                "event": "init",
+                "clientId": client_id,
+                "fileId": file_id,
+                "fileName": meta.name,
+                "size": meta.size,
+            },
+        )
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
             path.open(file_id, t.asm)
@@ -376,6 +399,8 @@ class TransferStore:
             return  # a retransmission after the export: its bytes are discarded
         t = got if got is not None else self._create(client_id, file_id)
         t.last_activity = time.time()
+        if t.paused_since:
+            self._resumed(t)
         n = len(data)
         if n == 0:
             return
@@ -414,6 +439,8 @@ class TransferStore:
         if end <= start:
             return
         t.last_activity = time.time()
+        if t.paused_since:
+            self._resumed(t)
         t.journal.add_run(start, end, state=t.asm.hash_state, synced=self.durability == "sync")
         t.asm.recycle_behind()  # the native path moved the hash without calling back
         self._dirty[t.key] = t
@@ -440,15 +467,47 @@ class TransferStore:
         has taken the Python path, and leaves when it is exported, aborted or closed)."""
         path = ftcore.SegmentPath(protocol_level, max_file_size, max_packet_size)
         self._paths[client_id] = path
+        self._connected_at[client_id] = time.time()
         for t in self._open.values():
             if t.client_id == client_id and t.key not in self._exports:
                 path.open(t.file_id, t.asm)
         return path
 
     def drop_segment_path(self, client_id: str, path: ftcore.SegmentPath) -> None:
-        """The connection of ``path`` is gone (a newer one may have replaced it already)."""
+        """The connection of ``path`` is gone (a newer one may have replaced it already):
+        the client's unfinished transfers here are paused."""
         if self._paths.get(client_id) is path:
             del self._paths[client_id]
+            self._connected_at.pop(client_id, None)
+            for t in self._open.values():
+                if t.client_id == client_id and t.key not in self._exports and not t.paused_since:
+                    self._paused(t)
+
+    def _paused(self, t: Transfer) -> None:
+        t.paused_since = t.last_activity
+        log.info(
+            "transfer paused: its client left",
+            extra={
+                "event": "paused",
+                "clientId": t.client_id,
+                "fileId": t.file_id,
+                "received": t.asm.ranges.covered,
+                "size": None if t.meta is None else t.meta.size,
+            },
+        )
+
+    def _resumed(self, t: Transfer) -> None:
+        log.info(
+            "transfer resumed",
+            extra={
+                "event": "resumed",
+                "clientId": t.client_id,
+                "fileId": t.file_id,
+                "received": t.asm.ranges.covered,
+                "idle": round(t.last_activity - t.paused_since, 3),
+            },
+        )
+        t.paused_since = 0.0
 
     def _leave_segment_path(self, t: Transfer) -> None:
         path = self._paths.get(t.client_id)
@@ -459,8 +518,18 @@ class TransferStore:
         got = self.get(client_id, file_id)
         if got is None or isinstance(got, ExportInfo):
             return  # nothing staged; an export is deleted through the HTTP API only
+        received = got.asm.ranges.covered
         self._discard(got)
         self.hooks.aborted()
+        log.info(
+            "transfer aborted",
+            extra={
+                "event": "aborted",
+                "clientId": client_id,
+                "fileId": file_id,
+                "received": received,
+            },
+        )
 
     def _discard(self, t: Transfer) -> None:
         self._leave_segment_path(t)
@@ -489,6 +558,8 @@ class TransferStore:
                 raise FileMetaConflict()
             return got
         got.last_activity = time.time()
+        if got.paused_since:
+            self._resumed(got)
         gaps = got.asm.gaps(size, MAX_MISSING)
         if gaps:
             raise Incomplete(missing=[list(g) for g in gaps])
@@ -516,6 +587,18 @@ class TransferStore:
     async def _export(self, t: Transfer, size: int, checksum: bytes | None) -> ExportInfo:
         try:
             return await self._export_steps(t, size, checksum)
+        except Exception as exc:
+            log.info(
+                "transfer failed",
+                extra={
+                    "event": "failed",
+                    "clientId": t.client_id,
+                    "fileId": t.file_id,
+                    "size": size,
+                    "reason": exc.description if isinstance(exc, FtError) else "internal_error",
+                },
+            )
+            raise
         finally:
             if t.close_after_export and self._open.get(t.key) is t:
                 self._close_one(t)  # the client lives in another worker now
@@ -530,6 +613,7 @@ class TransferStore:
         sync = self.durability == "sync"
         exporter = self.exporter
         started = time.perf_counter()
+        init_at = _init_time(t)
         removed: Exception | None = None
         with storage_errors():
             if sync and t.journal.dirty:
@@ -575,7 +659,21 @@ class TransferStore:
                 removed,
             )
             t.close()
-        self.hooks.exported(info, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.hooks.exported(info, seconds)
+        log.info(
+            "transfer exported",
+            extra={
+                "event": "exported",
+                "clientId": t.client_id,
+                "fileId": t.file_id,
+                "size": info.size,
+                "duration": None if init_at is None else round(time.time() - init_at, 3),
+                "export_seconds": round(seconds, 3),
+                "destination": info.destination or str(info.path),
+                "checksum": info.checksum,
+            },
+        )
         return info
 
     # -- durability --------------------------------------------------------------------------
@@ -735,9 +833,11 @@ class TransferStore:
         for t in list(self._open.values()):
             if t.key in self._exports:
                 continue
-            if now - t.last_activity > self.ttl_of(t.meta):
+            ttl = self.ttl_of(t.meta)
+            if now - t.last_activity > ttl:
                 self._discard(t)
                 removed += 1
+                gc.log_expired(t.client_id, t.file_id, now - t.last_activity, ttl)
         open_dirs = {t.dir for t in self._open.values()}
         return removed + gc.collect_expired(self.staging, now, self.ttl_of, skip=open_dirs)
 
@@ -755,6 +855,15 @@ class TransferStore:
 
     def open_transfers(self) -> list[Transfer]:
         return list(self._open.values())
+
+
+def _init_time(t: Transfer) -> float | None:
+    """When the transfer's init was stored: its meta file's modification time (written once,
+    by the init; it survives restarts and moves between workers)."""
+    try:
+        return os.stat(t.dir / staging.META).st_mtime
+    except OSError:
+        return None
 
 
 def _fin_local(
@@ -878,7 +987,9 @@ def _recover_locked(
                 staging.remove(d)
                 return info
     asm, journal = reopen(d, replay, what, boot_id=boot_id, recycle=recycle)
-    return Transfer(client_id, file_id, d, asm, journal, meta, lock)
+    t = Transfer(client_id, file_id, d, asm, journal, meta, lock)
+    t.last_activity = replay.last_activity  # what came before (the store updates it)
+    return t
 
 
 __all__ = ["Durability", "ExportInfo", "Transfer", "TransferStore"]
