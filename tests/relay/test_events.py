@@ -2,10 +2,10 @@
 ``{events_topic}/{clientId}/{fileId}``, published by the relay to the broker; exactly one when
 nothing goes wrong, at least one (none lost) across a restart of the broker.
 
-"All published" is the relay's ``ftserver_relay_events_pending`` back at 0: every event then
-has the broker's PUBACK, so the broker routed it to the watcher before it handles the watcher's
-own sentinel message, published after. Whatever the watcher has before the sentinel is all the
-relay sent.
+Once every expected event came, "all published" is the relay's
+``ftserver_relay_events_pending`` back at 0: every event then has the broker's PUBACK, so the
+broker routed it to the watcher before it handles the watcher's own sentinel message,
+published after. Whatever the watcher has before the sentinel is all the relay sent.
 """
 
 from __future__ import annotations
@@ -39,16 +39,22 @@ def upload(port: int, client_id: str, file_id: str, data: bytes, mode: str = "$f
         c.close()
 
 
-def drained(relay: ServerProcess, watcher: Peer) -> list[tuple[str, dict[str, Any]]]:
-    """Once no event is pending in the relay, every event the watcher received (topic,
-    document), up to its own sentinel."""
+def drained(
+    relay: ServerProcess, watcher: Peer, expected: set[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every event the watcher receives (topic, document): until each ``expected`` topic came,
+    then, once no event is pending in the relay, up to the watcher's own sentinel (so that a
+    duplicate sent late is counted too)."""
+    got: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + LIVENESS
+    while not expected <= {topic for topic, _doc in got}:
+        msg = watcher.receive(max(0.01, deadline - time.monotonic()))
+        got.append((msg.topic, json.loads(msg.payload)))
     while metric(scrape(relay.http_port), "ftserver_relay_events_pending") != 0:
         assert time.monotonic() < deadline, "events still pending"
         time.sleep(0.1)
     sentinel = f"{EVENTS}/sentinel/{time.monotonic_ns()}"
     watcher.wait_ack(watcher.publish(sentinel, b"{}", 1))
-    got = []
     while True:
         msg = watcher.receive(LIVENESS)
         if msg.topic == sentinel:
@@ -84,9 +90,10 @@ def test_one_event_per_export(
         upload(
             relay.mqtt_port, cid, file_id, data, mode="$file-async" if file_id == "f2" else "$file"
         )
-    events = drained(relay, watcher)
+    expected = {f"{EVENTS}/{cid}/{f}" for f in files}
+    events = drained(relay, watcher, expected)
     topics = Counter(topic for topic, _doc in events)
-    assert topics == Counter({f"{EVENTS}/{cid}/{f}": 1 for f in files})
+    assert topics == Counter(dict.fromkeys(expected, 1))
     for topic, doc in events:
         file_id = topic.rsplit("/", 1)[1]
         assert isinstance(doc, dict)
@@ -125,5 +132,5 @@ def test_no_event_lost_across_a_broker_restart(
     broker.start()
     watcher = peers(broker.port, f"{uid}-watch", **session)
     assert watcher.connack is not None and watcher.connack[:2] == (True, 0)
-    seen |= {topic for topic, _doc in drained(relay, watcher)}
+    seen |= {topic for topic, _doc in drained(relay, watcher, expected - seen)}
     assert seen == expected
