@@ -7,9 +7,8 @@ Mosquitto): the direct run checks the test itself against the real broker, and t
 must behave the same. Tests that only make sense through ftserver (its upstream legs, the
 broker being down, file uploads, events) run on the relay alone.
 
-The switch that marks the relay variants as expected failures, ``RELAY_READY``, and the marks
-are in ``relaykit.py`` (a module of its own: test modules import it; a ``conftest`` is not
-importable by name when several test directories have one).
+The marks are in ``relaykit.py`` (a module of its own: test modules import it; a ``conftest``
+is not importable by name when several test directories have one).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""The relay tests' switch and marks, and how they start ftserver in relay mode.
+"""The relay tests' marks, and how they start ftserver in relay mode.
 
-``RELAY_READY`` is the single switch: while relay mode is being built, the relay variants are
-expected failures and are not run (``FTSERVER_RELAY_TRY=1`` runs them anyway, to see how far
-the implementation got); set it to True and they are plain tests.
+Most tests run over both paths: ``direct`` (the devices connect to Mosquitto itself) and
+``relay`` (they connect to ftserver in front of it). The direct variant checks the test and
+its fixtures against the real broker; the relay must behave the same. ``relay_only`` marks what
+makes sense through ftserver only (``pytest -m relay`` selects every relay test).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,18 +15,8 @@ from relaybroker import Broker
 
 from ftharness import ServerProcess
 
-#: relay mode works: its tests are plain tests (False: expected to fail, not run)
-RELAY_READY = True
-
-_TRY = os.environ.get("FTSERVER_RELAY_TRY", "") not in ("", "0")
-
 #: the mark of every test (or variant) that goes through the relay
-relay_only = pytest.mark.xfail(
-    not RELAY_READY,
-    reason="relay mode (issue 14) is not implemented yet: RELAY_READY in tests/relay/relaykit.py",
-    run=_TRY,
-    strict=False,
-)
+relay_only = pytest.mark.relay
 
 #: parametrize a test over both paths: ``path`` is "direct" or "relay"
 paths = pytest.mark.parametrize(
