@@ -338,6 +338,23 @@ class Meter:
         self.segment_count = 0
         self._connections = CONNECTIONS.labels(worker)
         self.process = ProcessStats(worker)
+        # series of a fixed label set exist from the start, at 0: a counter that appeared with
+        # its first count would have no increase() for Prometheus, and the set of series would
+        # change with the traffic
+        for counter in (
+            CONNECTIONS_REFUSED,
+            LOGIN_FAILURES,
+            TAKEOVERS,
+            PROTOCOL_ERRORS,
+            RECEIVED_BYTES,
+            NATIVE_SEGMENTS,
+            RESPONSES,
+        ):
+            counter.labels(worker)
+        for protocol in ("5", "3.1.1"):
+            CONNECTIONS_TOTAL.labels(worker, protocol)
+        for limit in LIMIT_OUTCOMES:
+            LIMIT_HITS.labels(limit)
 
     # -- events from the connection layer (rare: counted directly) ---------------------------
 
