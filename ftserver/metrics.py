@@ -17,7 +17,9 @@ imports this module and before it starts the workers, which inherit it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import resource
 import shutil
 import time
 from collections import Counter as LocalCounter
@@ -175,6 +177,38 @@ WORKERS_UP = Gauge(
     "ftserver_workers_up", "Worker processes running and ready.", multiprocess_mode="max"
 )
 
+CONNECTIONS_MAX = Gauge(
+    "ftserver_connections_max",
+    "Connections the worker admits: its share of limits.max_connections, capped by descriptors.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+# prometheus-client's own process_* series are not part of the multiprocess exposition: each
+# worker reports its own (ProcessStats), labelled like everything else it counts
+PROCESS_CPU = Counter(
+    "ftserver_process_cpu_seconds",
+    "CPU time (user and system) used by the worker process; it keeps rising across restarts.",
+    ["worker"],
+)
+PROCESS_RSS = Gauge(
+    "ftserver_process_resident_memory_bytes",
+    "Resident memory of the worker process.",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PROCESS_OPEN_FDS = Gauge(
+    "ftserver_process_open_fds",
+    "Descriptors open in the worker process (connections, open transfers, journals, ...).",
+    ["worker"],
+    multiprocess_mode="livesum",
+)
+PROCESS_MAX_FDS = Gauge(
+    "ftserver_process_max_fds",
+    "Descriptor limit of the worker process (RLIMIT_NOFILE, as raised at start).",
+    ["worker"],
+    multiprocess_mode="livemax",
+)
+
 LIMIT_HITS = Counter(
     "ftserver_limit_hits_total",
     "Commands refused by a limit or quota (file_too_large, too_many_transfers, quota_exceeded, "
@@ -261,6 +295,11 @@ ALL = [
     STAGING_FREE_BYTES,
     WORKER_RESTARTS,
     WORKERS_UP,
+    CONNECTIONS_MAX,
+    PROCESS_CPU,
+    PROCESS_RSS,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
     RELAY_UPSTREAM_CONNECTIONS,
     RELAY_CONNECT_FAILURES,
     RELAY_MESSAGES,
@@ -313,6 +352,24 @@ class Meter:
         self.commands: LocalCounter[tuple[str, str]] = LocalCounter()
         self.segment_count = 0
         self._connections = CONNECTIONS.labels(worker)
+        self.process = ProcessStats(worker)
+        # series of a fixed label set exist from the start, at 0: a counter that appeared with
+        # its first count would have no increase() for Prometheus, and the set of series would
+        # change with the traffic
+        for counter in (
+            CONNECTIONS_REFUSED,
+            LOGIN_FAILURES,
+            TAKEOVERS,
+            PROTOCOL_ERRORS,
+            RECEIVED_BYTES,
+            NATIVE_SEGMENTS,
+            RESPONSES,
+        ):
+            counter.labels(worker)
+        for protocol in ("5", "3.1.1"):
+            CONNECTIONS_TOTAL.labels(worker, protocol)
+        for limit in LIMIT_OUTCOMES:
+            LIMIT_HITS.labels(limit)
 
     # -- events from the connection layer (rare: counted directly) ---------------------------
 
@@ -355,6 +412,10 @@ class Meter:
         PARTIAL_PACKET_BYTES.labels(self.worker).set(held)
         PARTIAL_PACKET_PEAK.labels(self.worker).set(peak)
 
+    def connection_limit(self, n: int) -> None:
+        """The connections this worker admits (set once its limits are known)."""
+        CONNECTIONS_MAX.labels(self.worker).set(n)
+
     def delivered(self, n: int) -> None:
         self.responses += n
 
@@ -375,6 +436,43 @@ class Meter:
         for (command, outcome), n in self.commands.items():
             COMMANDS.labels(command, outcome).inc(n)
         self.commands.clear()
+        self.process.sample(time.monotonic())
+
+
+class ProcessStats:
+    """This process's CPU time, resident memory and descriptors, read from the kernel.
+
+    CPU and memory are read at every flush (two cheap calls); the descriptors, a listing of
+    ``/proc/self/fd`` that grows with the connections, at most every ``fd_interval`` seconds.
+    """
+
+    def __init__(self, worker: str, fd_interval: float = 5.0) -> None:
+        self.fd_interval = fd_interval
+        self._cpu_seen = 0.0
+        self._fds_at = -fd_interval
+        self._cpu = PROCESS_CPU.labels(worker)
+        self._rss = PROCESS_RSS.labels(worker)
+        self._open = PROCESS_OPEN_FDS.labels(worker)
+        self._max = PROCESS_MAX_FDS.labels(worker)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def sample(self, now: float) -> None:
+        times = os.times()
+        cpu = times.user + times.system
+        if cpu > self._cpu_seen:
+            self._cpu.inc(cpu - self._cpu_seen)
+            self._cpu_seen = cpu
+        with (
+            contextlib.suppress(OSError, ValueError, IndexError),
+            open("/proc/self/statm", "rb") as f,
+        ):
+            self._rss.set(int(f.read().split()[1]) * self._page)
+        if now - self._fds_at < self.fd_interval:
+            return
+        self._fds_at = now
+        with contextlib.suppress(OSError):
+            self._open.set(len(os.listdir("/proc/self/fd")))
+        self._max.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 class DiskStats:

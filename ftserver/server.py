@@ -150,6 +150,7 @@ class Server:
             mqtt_settings(cfg), self.registry, dispatcher, on_event=meter.event, relay=self.relay
         )
         self._secure(self.ctx)
+        meter.connection_limit(self.ctx.admission.limits.max_connections)
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         self._mqtt = await loop.create_server(

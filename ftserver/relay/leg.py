@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: a broker that is down fails every device's CONNECT at once: one line per interval
 _failure_log = RateLimitedLog(log, logging.WARNING)
 
+#: why an upstream CONNECT failed (the ``reason`` label of ftserver_relay_connect_failures_total)
+CONNECT_FAILURES = ("unreachable", "tls", "timeout", "refused", "closed")
 #: payloads from this size on are written after their header rather than joined to it
 SPLIT_WRITE = 16 * 1024
 #: one QoS 1/2 PUBLISH in this many has its time to the broker's acknowledgement observed
@@ -70,6 +72,12 @@ class RelayClient:
         self.counts = RelayCounts()
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections = metrics.RELAY_UPSTREAM_CONNECTIONS.labels(worker)
+        # every series exists from the start at 0, so that its first count shows in rate()
+        for reason in CONNECT_FAILURES:
+            metrics.RELAY_CONNECT_FAILURES.labels(worker, reason)
+        for direction in ("up", "down"):
+            metrics.RELAY_MESSAGES.labels(worker, direction)
+            metrics.RELAY_BYTES.labels(worker, direction)
 
     def open(self, connect: Connect, listener: UpstreamListener) -> None:
         cfg = self.config
