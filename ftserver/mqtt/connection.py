@@ -232,6 +232,9 @@ class MqttConnection(asyncio.BufferedProtocol):
     def upstream_packet(self, packet: Packet) -> None:
         self.core.upstream_packet(packet)
 
+    def upstream_read_done(self) -> None:
+        self.core.upstream_read_done()
+
     def upstream_closed(self, disconnect: Disconnect | None) -> None:
         self._leg = None
         self._resume("upstream")
@@ -266,6 +269,9 @@ class MqttConnection(asyncio.BufferedProtocol):
             case Send(data):
                 if self.transport is not None:
                     self.transport.write(data)
+            case SendUpstream(packet):
+                if self._leg is not None:
+                    self._leg.send(packet)
             case Close():
                 if self.transport is not None:
                     self.transport.close()
@@ -291,9 +297,6 @@ class MqttConnection(asyncio.BufferedProtocol):
                 self._spawn(self._await(job, final))
             case GroupCommit(batch):
                 self._spawn(self._commit(batch))
-            case SendUpstream(packet):
-                if self._leg is not None:
-                    self._leg.send(packet)
             case OpenUpstream(connect):
                 assert self.ctx.relay is not None
                 self.ctx.relay.open(connect, self)

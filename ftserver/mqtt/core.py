@@ -635,6 +635,10 @@ class SessionCore:
                 merged = merge_codes(codes, packet.reason_codes) if self.level == MQTT_V5 else []
                 unsuback = Unsuback(packet.packet_id, merged, packet.properties)
                 self._send(codec.encode_unsuback(unsuback, self.level))
+
+    def upstream_read_done(self) -> None:
+        """Relay mode: the packets of one read from the broker were handled: what they
+        caused goes to the client in one write."""
         self._flush()
 
     def _relay_up(self, session: Session, p: Publish, topic: str) -> None:
@@ -790,8 +794,10 @@ class SessionCore:
         self._drain_queue()
         self._flush()
         early, self._early = self._early, None
-        for packet in early or ():
-            self.upstream_packet(packet)
+        if early:
+            for packet in early:
+                self.upstream_packet(packet)
+            self._flush()
 
     def _on_disconnect(self, p: Disconnect) -> None:
         if self.session is not None and self.level == MQTT_V5:

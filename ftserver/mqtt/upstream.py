@@ -50,7 +50,13 @@ class UpstreamListener(Protocol):
         ...
 
     def upstream_packet(self, packet: Packet) -> None:
-        """A packet from the broker after its CONNACK (payload views valid during the call)."""
+        """A packet from the broker after its CONNACK (payload views valid during the call).
+        What it causes towards the device is sent at :meth:`upstream_read_done`."""
+        ...
+
+    def upstream_read_done(self) -> None:
+        """The packets of one read from the broker were reported: send what they caused to
+        the device, in one write."""
         ...
 
     def upstream_closed(self, disconnect: Disconnect | None) -> None:

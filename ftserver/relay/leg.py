@@ -171,6 +171,7 @@ class UpstreamLeg(asyncio.Protocol):
         self._broker_max = 0  # the broker's Maximum Packet Size (0: none)
         self._sent_at: dict[int, float] = {}
         self._accepted = False  # the CONNACK came (accepted or not)
+        self._out: list[bytes] = []  # written at the end of this turn of the loop
         self._disconnect: Disconnect | None = None  # the broker's, when it sent one
 
     # -- asyncio -----------------------------------------------------------------------------
@@ -197,6 +198,8 @@ class UpstreamLeg(asyncio.Protocol):
                 "upstream %r: the broker broke the protocol: %s", self.connect.client_id, exc
             )
             self._lost(None)
+        if self.listener is not None and self._accepted:
+            self.listener.upstream_read_done()
 
     def pause_writing(self) -> None:
         if self.listener is not None:
@@ -239,12 +242,26 @@ class UpstreamLeg(asyncio.Protocol):
                 if counts.sampled % LATENCY_SAMPLE == 0:
                     self._sent_at[packet.packet_id] = time.monotonic()
             if len(packet.payload) < SPLIT_WRITE:
-                tr.write(header + packet.payload)
-            else:  # a large payload goes out as it is, uncopied
+                self._queue(header + packet.payload)
+            else:  # a large payload goes out as it is, uncopied (after what waits)
+                self._write_out()
                 tr.write(header)
                 tr.write(packet.payload)
             return
-        tr.write(codec.encode(packet, self.level))
+        self._queue(codec.encode(packet, self.level))
+
+    def _queue(self, data: bytes) -> None:
+        """Send ``data`` with everything else sent during this turn of the event loop, in
+        one write (one system call for all the packets of a device's read)."""
+        if not self._out:
+            self.loop.call_soon(self._write_out)
+        self._out.append(data)
+
+    def _write_out(self) -> None:
+        out, self._out = self._out, []
+        tr = self.transport
+        if out and tr is not None and not tr.is_closing():
+            tr.write(b"".join(out) if len(out) > 1 else out[0])
 
     def close(self, disconnect: Disconnect | None) -> None:
         self.listener = None  # asked for: nothing more to report
@@ -252,6 +269,7 @@ class UpstreamLeg(asyncio.Protocol):
         if tr is None:
             return
         if disconnect is not None and not tr.is_closing():
+            self._write_out()
             tr.write(codec.encode_disconnect(disconnect, self.level))
             tr.close()
         else:
@@ -324,6 +342,7 @@ class UpstreamLeg(asyncio.Protocol):
         rc = 0x83 if self.level == MQTT_V5 else 0
         answer = Puback if packet.qos == 1 else Pubrec
         self.listener.upstream_packet(answer(packet.packet_id, rc))
+        self.listener.upstream_read_done()
 
     # -- timers ------------------------------------------------------------------------------
 

@@ -49,6 +49,12 @@ def up(actions: list[Action]) -> list[Any]:
     return [a.packet for a in actions if isinstance(a, SendUpstream)]
 
 
+def down(c: Client, packet: Any) -> None:
+    """The broker sends ``packet`` (one read)."""
+    c.core.upstream_packet(packet)
+    c.core.upstream_read_done()
+
+
 def relay_client(registry: SessionRegistry | None = None) -> Client:
     return Client(settings=RELAY, registry=registry)
 
@@ -200,7 +206,7 @@ def test_qos1_publish_acknowledged_with_the_broker_code() -> None:
     )
     assert pub.properties["user_properties"] == [("u", "1")]
     assert read_v5(acts) == []  # no PUBACK before the broker's
-    c.core.upstream_packet(Puback(7, 0x10))
+    down(c, Puback(7, 0x10))
     (puback,) = read_v5(c.take())
     assert puback.packet_id == 7 and puback.reason_code == 0x10
 
@@ -227,12 +233,12 @@ def test_qos2_publish_flow_end_to_end() -> None:
         )
         == []
     )
-    c.core.upstream_packet(Pubrec(9))
+    down(c, Pubrec(9))
     (pubrec,) = read_v5(c.take())
     assert isinstance(pubrec, mqtt5.PubRecPacket) and pubrec.packet_id == 9
     (rel,) = up(c.feed(mqtt5.PubRelPacket(9).write()))
     assert isinstance(rel, Pubrel) and rel.packet_id == 9
-    c.core.upstream_packet(Pubcomp(9))
+    down(c, Pubcomp(9))
     (pubcomp,) = read_v5(c.take())
     assert isinstance(pubcomp, mqtt5.PubCompPacket) and pubcomp.packet_id == 9
 
@@ -281,7 +287,7 @@ def test_subscribe_split_and_merged_in_order() -> None:
     ]
     assert sub.properties["subscription_identifiers"] == [12]
     assert read_v5(acts) == []  # the SUBACK waits for the broker's
-    c.core.upstream_packet(Suback(4, [2, 0x87]))
+    down(c, Suback(4, [2, 0x87]))
     (suback,) = read_v5(c.take())
     assert suback.packet_id == 4
     assert [int(rc) for rc in suback.reason_codes] == [2, 1, 0x8F, 0x87]
@@ -304,7 +310,7 @@ def test_unsubscribe_split_and_merged() -> None:
     acts = c.feed(mqtt5.UnsubscribePacket(2, ["tele/#", "$file-response/dev-1"]).write())
     (unsub,) = up(acts)
     assert isinstance(unsub, Unsubscribe) and unsub.topic_filters == ["tele/#"]
-    c.core.upstream_packet(Unsuback(2, [0x11]))
+    down(c, Unsuback(2, [0x11]))
     (unsuback,) = read_v5(c.take())
     assert [int(rc) for rc in unsuback.reason_codes] == [0x11, 0x00]
 
@@ -315,12 +321,12 @@ def test_unsubscribe_split_and_merged() -> None:
 def test_broker_messages_get_device_packet_ids_and_wait_for_its_window() -> None:
     c = relay_client()
     connected(c, receive_max=1)
-    c.core.upstream_packet(Publish("cmd/a", b"1", 1, True, False, 700, {"content_type": "t"}))
+    down(c, Publish("cmd/a", b"1", 1, True, False, 700, {"content_type": "t"}))
     (first,) = read_v5(c.take())
     assert first.payload == b"1" and first.retain and first.qos == QOS1
     assert first.content_type == "t"
-    c.core.upstream_packet(Publish("cmd/a", b"2", 1, False, False, 701))
-    c.core.upstream_packet(Publish("cmd/a", b"1", 1, True, True, 700))  # broker resends: held
+    down(c, Publish("cmd/a", b"2", 1, False, False, 701))
+    down(c, Publish("cmd/a", b"1", 1, True, True, 700))  # broker resends: held
     assert read_v5(c.take()) == []  # beyond the device's Receive Maximum: waits
     acts = c.feed(mqtt5.PubAckPacket(first.packet_id).write())
     assert up(acts) == [Puback(700, 0)]  # the broker hears of it once the device acknowledged
@@ -340,7 +346,7 @@ def test_broker_messages_share_the_window_with_response_documents() -> None:
     connected(c, receive_max=1)
     c.core.deliver(Message("$file-response/dev-1", b"doc", 1))
     (doc,) = read_v5(c.take())
-    c.core.upstream_packet(Publish("cmd/a", b"m", 1, False, False, 5))
+    down(c, Publish("cmd/a", b"m", 1, False, False, 5))
     assert read_v5(c.take()) == []
     (msg,) = read_v5(c.feed(mqtt5.PubAckPacket(doc.packet_id).write()))
     assert msg.payload == b"m" and msg.packet_id != doc.packet_id
@@ -349,11 +355,11 @@ def test_broker_messages_share_the_window_with_response_documents() -> None:
 def test_qos2_from_the_broker_end_to_end() -> None:
     c = relay_client()
     connected(c)
-    c.core.upstream_packet(Publish("cmd/a", b"q2", 2, False, False, 33))
+    down(c, Publish("cmd/a", b"q2", 2, False, False, 33))
     (pub,) = read_v5(c.take())
     assert pub.qos == QOS2
     assert up(c.feed(mqtt5.PubRecPacket(pub.packet_id).write())) == [Pubrec(33, 0)]
-    c.core.upstream_packet(Pubrel(33))
+    down(c, Pubrel(33))
     (rel,) = read_v5(c.take())
     assert isinstance(rel, mqtt5.PubRelPacket) and rel.packet_id == pub.packet_id
     assert up(c.feed(mqtt5.PubCompPacket(pub.packet_id).write())) == [Pubcomp(33, 0)]
@@ -363,7 +369,7 @@ def test_qos2_from_the_broker_end_to_end() -> None:
 def test_unknown_pubrel_from_the_broker_is_completed() -> None:
     c = relay_client()
     connected(c)
-    c.core.upstream_packet(Pubrel(44))
+    down(c, Pubrel(44))
     assert up(c.take()) == [Pubcomp(44, 0x92)]
 
 
@@ -371,7 +377,7 @@ def test_released_message_resent_as_pubrel_to_the_next_connection() -> None:
     registry = SessionRegistry()
     c = relay_client(registry)
     connected(c, clean_start=False, session_expiry_interval=60)
-    c.core.upstream_packet(Publish("cmd/a", b"q2", 2, False, False, 33))
+    down(c, Publish("cmd/a", b"q2", 2, False, False, 33))
     (pub,) = read_v5(c.take())
     c.feed(mqtt5.PubRecPacket(pub.packet_id).write())
     again = relay_client(registry)  # takes the session over
@@ -380,7 +386,7 @@ def test_released_message_resent_as_pubrel_to_the_next_connection() -> None:
     connack, rel = read_v5(again.take())
     assert connack.session_present
     assert isinstance(rel, mqtt5.PubRelPacket) and rel.packet_id == pub.packet_id
-    again.core.upstream_packet(Pubrel(33))  # the broker resends its PUBREL: already passed on
+    down(again, Pubrel(33))  # the broker resends its PUBREL: already passed on
     assert up(again.feed(mqtt5.PubCompPacket(pub.packet_id).write())) == [Pubcomp(33, 0)]
 
 
@@ -429,7 +435,7 @@ def test_broker_messages_before_the_session_is_claimed_are_kept() -> None:
     c.feed(mqtt5.ConnectPacket("dev-1", clean_start=False, session_expiry_interval=60).write())
     c.core.upstream_connected(Connack(True, 0))
     payload = bytearray(b"queued")
-    c.core.upstream_packet(Publish("q/1", memoryview(payload), 1, False, False, 3))
+    down(c, Publish("q/1", memoryview(payload), 1, False, False, 3))
     payload[:] = b"reused"  # the leg's buffer moves on
     assert read_v5(c.take()) == []  # no CONNACK yet: the claim is running
     c.core.session_claimed(None)
