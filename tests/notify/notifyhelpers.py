@@ -3,6 +3,7 @@ and start again on the same port (the bench's own way of finding and configuring
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -51,9 +52,22 @@ class Broker:
                 time.sleep(0.02)
         raise RuntimeError("mosquitto did not listen in time")
 
+    def freeze(self) -> None:
+        """SIGSTOP: a broker that hangs. Its TCP connections stay open and the kernel still
+        accepts what clients send, but nothing is answered (no CONNACK, PUBACK, PINGRESP)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: the broker reads what waited in its sockets and answers again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
-        """SIGTERM (Mosquitto saves its sessions) and wait."""
+        """SIGTERM (Mosquitto saves its sessions) and wait; a frozen broker is thawed so that
+        it sees the SIGTERM."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(20)
         self.proc = None

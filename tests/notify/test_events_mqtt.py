@@ -2,9 +2,9 @@
 ``relay.upstream`` and ``relay.events_topic``, a paho subscriber on ``ft/events/#``.
 
 Every export gives exactly one event with the right fields, a failed fin a failed one; events
-that finish while Mosquitto is down arrive once it is back, also when ftserver was stopped
-(SIGTERM) or killed (SIGKILL right after the fin was answered) meanwhile: at least once, none
-lost.
+of fins answered while Mosquitto hangs (SIGSTOP) wait on disk and arrive once it answers again,
+also when ftserver was stopped (SIGTERM) or killed (SIGKILL right after the fin was answered)
+meanwhile, and across a real restart of the broker: at least once, none lost.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Subscriber:
     def __init__(self, port: int) -> None:
         self.messages: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._subscribed = threading.Event()
+        self.connects = 0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"events-sub-{uuid.uuid4().hex[:8]}",
@@ -50,11 +51,12 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, json.loads(m.payload)))
-        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.connect("127.0.0.1", port, keepalive=60)
         self.client.loop_start()
         assert self._subscribed.wait(WAIT)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connects += 1
         if not flags.session_present:
             client.subscribe("ft/events/#", qos=1)
 
@@ -143,47 +145,95 @@ def test_one_event_per_finished_transfer(
         assert doc["destination"] == str(path.absolute()) and path.read_bytes() == files[fid]
 
 
+def outbox(srv: ServerProcess) -> dict[str, str]:
+    """The events waiting on disk for the broker (read while ftserver is stopped): file id ->
+    event id."""
+    files = srv.data_dir.glob("outbox/mqtt/*/*.json")
+    docs = [json.loads(f.read_bytes()) for f in files if not f.name.startswith(".")]
+    return {doc["fileId"]: doc["id"] for doc in docs}
+
+
+def take_files(sub: Subscriber, file_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """Events until each of ``file_ids`` has one, by event id (a repeat has an id seen
+    before)."""
+    got: dict[str, dict[str, Any]] = {}
+    while not file_ids <= {doc["fileId"] for doc in got.values()}:
+        _topic, doc = sub.messages.get(timeout=WAIT)
+        got[doc["id"]] = doc
+    return got
+
+
 def test_events_wait_for_the_broker_across_restarts_and_kills(
     make_server: Callable[..., ServerProcess], broker: Broker, subscriber: Subscriber, cid: str
 ) -> None:
+    """Relay mode: a device connects through to the broker, so while the broker is down it
+    cannot connect at all. The broker is made to hang instead (SIGSTOP after the devices and
+    the subscriber connected): file transfer goes on at ftserver, fins are answered, and their
+    events wait on disk for a PUBACK that does not come. ftserver is then stopped (SIGTERM),
+    or killed (SIGKILL) right after a fin answer, the broker resumes, ftserver restarts on the
+    same data: every event arrives, to the subscriber connected since before the hang.
+    Finally the broker really stops (SIGTERM, persistence on) with an event pending and starts
+    again on its port. The freezes last seconds, far below the keep-alives of the relay's legs
+    (relay.keepalive, 60 s) and of the subscriber (60 s): no connection is dropped for them."""
     args = server_args(broker)
     srv = make_server(*args)
     data = os.urandom(3000)
     ok = hashlib.sha256(data).hexdigest()
+    got: dict[str, dict[str, Any]] = {}
 
-    # 1. the broker goes away while files finish, and comes back: the running server delivers
-    broker.stop()
+    # 1. the broker hangs while a fin is answered; ftserver is stopped (SIGTERM) meanwhile
     client = FtClient(srv.mqtt_port, cid)
+    broker.freeze()
     assert upload(client, "a1", data, ok) == 0
-    assert upload(client, "a2", data, ok) == 0
-    wait_for(lambda: pending(srv) == 2, "2 events pending")
-    broker.start()
-    first = subscriber.take(2)
-    assert {doc["fileId"] for _, doc in first} == {"a1", "a2"}
-
-    # 2. away again; ftserver is stopped (SIGTERM) with an event pending, restarted, then
-    # killed (SIGKILL) right after answering a fin; the broker comes back, then ftserver
-    broker.stop()
-    assert upload(client, "b1", data, ok) == 0
-    client.close()
     wait_for(lambda: pending(srv) == 1, "1 event pending")
     assert srv.stop() == 0, srv.stderr()
+    client.client.loop_stop()
+    on_disk = outbox(srv)
+    assert list(on_disk) == ["a1"]
+    broker.thaw()
     srv = make_server(*args, data=srv.data_dir)
+    got |= take_files(subscriber, {"a1"})
+    assert on_disk["a1"] in got  # the event written before the answer, not a new one
+
+    # 2. it hangs again; ftserver is killed (SIGKILL) right after answering a fin
     client = FtClient(srv.mqtt_port, cid)
-    assert upload(client, "b2", data, ok) == 0
+    broker.freeze()
+    assert upload(client, "b1", data, ok) == 0
     assert srv.kill() == -9
     client.client.loop_stop()
-    broker.start()
+    on_disk = outbox(srv)
+    assert "b1" in on_disk
+    broker.thaw()
     srv = make_server(*args, data=srv.data_dir)
-    later = subscriber.take(2)
+    got |= take_files(subscriber, {"b1"})
+    assert on_disk["b1"] in got
+    wait_for(lambda: pending(srv) == 0, "an empty outbox")
+    assert subscriber.connects == 1  # the same subscriber connection throughout
+
+    # 3. it hangs with a fin answered, then really stops (its devices are disconnected and
+    # new ones refused: 0x88 Server unavailable) and starts again on its port
+    client = FtClient(srv.mqtt_port, cid)
+    broker.freeze()
+    assert upload(client, "c1", data, ok) == 0
+    wait_for(lambda: pending(srv) == 1, "1 event pending")
+    broker.stop()
+    client.client.loop_stop()
+    refused = FtClient(srv.mqtt_port, f"{cid}-late", subscribe=False)
+    assert refused.connack[1] == 0x88
+    refused.client.loop_stop()
+    assert pending(srv) == 1
+    broker.start()
+    got |= take_files(subscriber, {"c1"})
     wait_for(lambda: pending(srv) == 0, "an empty outbox")
     assert srv.stop() == 0, srv.stderr()
-    # at least once: a repeat would carry an id seen before; none may be missing
+    assert subscriber.connects == 2  # reconnected after the restart, to its persistent session
+
+    # at least once and none lost: one event id per file, each the exported file
     while not subscriber.messages.empty():
-        later.append(subscriber.messages.get())
-    ids = {doc["id"]: doc for _, doc in first + later}
-    assert sorted(doc["fileId"] for doc in ids.values()) == ["a1", "a2", "b1", "b2"]
-    assert all(doc["event"] == "exported" and doc["checksum"] == ok for doc in ids.values())
+        _topic, doc = subscriber.messages.get()
+        got[doc["id"]] = doc
+    assert sorted(doc["fileId"] for doc in got.values()) == ["a1", "b1", "c1"]
+    assert all(doc["event"] == "exported" and doc["checksum"] == ok for doc in got.values())
 
 
 def test_events_over_tls_with_a_client_certificate(
@@ -191,7 +241,8 @@ def test_events_over_tls_with_a_client_certificate(
 ) -> None:
     """mqtts:// upstream: the broker's certificate names ``broker.test`` (not the address
     connected to), checked through relay.server_name and relay.ca_file; the broker requires
-    the client certificate of relay.cert_file / relay.key_file."""
+    the client certificate of relay.cert_file / relay.key_file. The devices' upstream legs and
+    the events connection share these settings."""
     ca = trustme.CA()
     files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key", "ccert", "ckey")}
     ca.cert_pem.write_to_path(str(files["ca"]))
@@ -216,19 +267,27 @@ def test_events_over_tls_with_a_client_certificate(
     )  # fmt: skip
     data = os.urandom(2000)
     try:
-        # without relay.server_name the certificate does not match 127.0.0.1: refused
+        # without relay.server_name the certificate does not match 127.0.0.1: the devices'
+        # own upstream legs fail their TLS handshake, so the devices are refused
         srv = make_server(*args)
+        refused = FtClient(srv.mqtt_port, cid, subscribe=False)
+        assert refused.connack[1] == 0x88  # Server unavailable
+        refused.client.loop_stop()
+        samples = scrape(srv.http_port)
+        assert metric(samples, "ftserver_relay_connect_failures_total", reason="tls") == 1
+        assert metric(samples, "ftserver_relay_connect_failures_total") == 1
+        assert "not valid for '127.0.0.1'" in srv.stderr()  # the name, not the client cert
+        assert srv.stop() == 0, srv.stderr()
+        # with it, the device connects through, uploads, and its event goes out on the
+        # events connection (same TLS settings, client certificate required by the broker)
+        srv = make_server(*args, "--set", "relay.server_name=broker.test", data=srv.data_dir)
         client = FtClient(srv.mqtt_port, cid)
         assert upload(client, "t1", data, hashlib.sha256(data).hexdigest()) == 0
         client.close()
-        wait_for(lambda: "certificate verify failed" in srv.stderr(), "a refused certificate")
-        assert pending(srv) == 1
-        assert srv.stop() == 0, srv.stderr()
-        # with it, the pending event goes out
-        srv = make_server(*args, "--set", "relay.server_name=broker.test", data=srv.data_dir)
         ((topic, doc),) = sub.take(1)
         assert topic == f"ft/events/{cid}/t1" and doc["event"] == "exported"
         wait_for(lambda: pending(srv) == 0, "the PUBACK")
+        assert metric(scrape(srv.http_port), "ftserver_relay_connect_failures_total") == 0
         assert srv.stop() == 0, srv.stderr()
     finally:
         sub.close()
