@@ -17,12 +17,13 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ftserver.acl import Acl
 from ftserver.auth import PasswordFile
-from ftserver.config import Config, HostPort, host_port, is_loopback_host
+from ftserver.config import Config, ExportConfig, HostPort, host_port, is_loopback_host
 from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
@@ -41,6 +42,9 @@ from ftserver.mqtt.session import Bridge, SessionRegistry
 from ftserver.mqtt.settings import Access, MqttSettings
 from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
+
+if TYPE_CHECKING:
+    from ftserver.export.s3 import S3Exporter
 
 log = logging.getLogger("ftserver")
 
@@ -103,7 +107,7 @@ class Server:
             hooks=_StoreMetrics(),
             max_transfers_per_client=cfg.limits.max_transfers_per_client,
             max_open=self.descriptors.open_transfers,
-            exporter=make_exporter(cfg.export, self.data_dir),
+            exporter=make_exporter(cfg.export, self.data_dir, cfg.server.node_name),
         )
         dispatcher = Dispatcher(
             self.store,
@@ -160,7 +164,9 @@ class Server:
         ]
         if self.worker_id is None:  # with workers, the supervisor collects the exports
             interval = cfg.transfer.segments_gc_interval
-            self._jobs.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
+            self._jobs.append(
+                asyncio.create_task(collect_exports_forever(self.data_dir, interval, cfg.export))
+            )
 
     @property
     def _workers(self) -> int:
@@ -281,8 +287,9 @@ class Server:
         log.info("stopped")
 
 
-async def collect_exports(data_dir: Path) -> int:
-    """Delete the exports whose ``expire_at`` has passed (PROTOCOL.md §7), off the loop."""
+async def collect_exports(data_dir: Path, s3: S3Exporter | None = None) -> int:
+    """Delete the exports whose ``expire_at`` has passed (docs/protocol.md §7), off the
+    loop: the local ones, and with ``s3`` (an ``S3Exporter``) those in its bucket."""
     from ftserver import metrics
     from ftserver.export.collector import collect_expired_exports
 
@@ -290,19 +297,32 @@ async def collect_exports(data_dir: Path) -> int:
     removed = await loop.run_in_executor(
         None, collect_expired_exports, data_dir / "exports", time.time()
     )
+    if s3 is not None:
+        removed += await s3.collect_expired(time.time())
     if removed:
         metrics.EXPORTS_EXPIRED.inc(removed)
         log.info("deleted %d expired export(s)", removed)
     return removed
 
 
-async def collect_exports_forever(data_dir: Path, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await collect_exports(data_dir)
-        except Exception:
-            log.exception("collecting expired exports failed")
+async def collect_exports_forever(
+    data_dir: Path, interval: float, export: ExportConfig | None = None
+) -> None:
+    s3 = None
+    if export is not None and export.kind == "s3":
+        from ftserver.export.s3 import S3Exporter, index_root
+
+        s3 = S3Exporter(export, index_root(data_dir))
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await collect_exports(data_dir, s3)
+            except Exception:
+                log.exception("collecting expired exports failed")
+    finally:
+        if s3 is not None:
+            await s3.close()
 
 
 class _StoreMetrics(StoreHooks):

@@ -51,6 +51,7 @@ from ftserver.errors import (
 )
 from ftserver.export.base import Exporter, ExportInfo
 from ftserver.export.local import LocalExporter
+from ftserver.export.streaming import Streaming
 from ftserver.meta import FileMeta
 from ftserver.storage import gc, staging
 from ftserver.storage import journal as jr
@@ -176,6 +177,8 @@ class TransferStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.exporter: Exporter = exporter or LocalExporter(data_dir / "exports")
         self.exporter.root.mkdir(parents=True, exist_ok=True)
+        #: the exporter, when it uploads files while they arrive (S3)
+        self._stream = self.exporter if isinstance(self.exporter, Streaming) else None
         self.durability: Durability = durability
         self.flush_bytes = flush_bytes
         self.ttl_min = ttl_min
@@ -298,6 +301,8 @@ class TransferStore:
         """Close an open transfer to free its descriptor. No flush: its journal is written
         and recovery reopens it from there (checking unflushed ranges as after a crash)."""
         self._leave_segment_path(t)
+        if self._stream is not None:
+            self._stream.stream_close(t.client_id, t.file_id)
         self._open.pop(t.key, None)
         self.evicted += 1
         self.hooks.evicted()
@@ -335,6 +340,8 @@ class TransferStore:
             self._open[key] = result
             if release:
                 self._close_one(result)  # its client lives in another worker now
+            else:
+                self._stream_open(result)
         elif isinstance(result, ExportInfo):
             self._remember_export(result)
 
@@ -352,6 +359,7 @@ class TransferStore:
             return
         if got is None:
             t = self._create(client_id, file_id, meta)  # born with its metadata
+            self._stream_open(t)
         else:
             t = got
             t.last_activity = time.time()
@@ -361,6 +369,7 @@ class TransferStore:
                 return
             staging.write_meta(t.dir, meta, sync=self.durability == "sync")
             t.meta = meta
+            self._stream_open(t)
         self.hooks.started()
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
@@ -398,6 +407,11 @@ class TransferStore:
         )
         self._dirty[t.key] = t
         self._wrote(t, n)
+        if self._stream is not None:
+            end = offset + n
+            self._stream.stream_wrote(
+                client_id, file_id, offset, end, end <= before <= after, after < before
+            )
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
             path.open(file_id, t.asm)  # its next segments may take the native path
@@ -416,6 +430,8 @@ class TransferStore:
         t.asm.recycle_behind()  # the native path moved the hash without calling back
         self._dirty[t.key] = t
         self._wrote(t, end - start)
+        if self._stream is not None:
+            self._stream.stream_wrote(client_id, file_id, start, end, False, False)
 
     def _wrote(self, t: Transfer, n: int) -> None:
         # a checkpoint every flush_bytes (both modes): recovery then starts from the saved
@@ -460,7 +476,13 @@ class TransferStore:
         self._discard(got)
         self.hooks.aborted()
 
+    def _stream_open(self, t: Transfer) -> None:
+        if self._stream is not None and t.meta is not None:
+            self._stream.stream_open(t.client_id, t.file_id, t.meta, t.data_path, t.asm)
+
     def _discard(self, t: Transfer) -> None:
+        if self._stream is not None:
+            self._stream.stream_discard(t.client_id, t.file_id)
         self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
@@ -701,6 +723,8 @@ class TransferStore:
         return closed
 
     def _close_one(self, t: Transfer) -> None:
+        if self._stream is not None:
+            self._stream.stream_close(t.client_id, t.file_id)
         self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
@@ -723,7 +747,11 @@ class TransferStore:
                 self._discard(t)
                 removed += 1
         open_dirs = {t.dir for t in self._open.values()}
-        return removed + gc.collect_expired(self.staging, now, self.ttl_of, skip=open_dirs)
+        stream = self._stream
+        on_removed = None if stream is None else (lambda cid, fid: stream.stream_discard(cid, fid))
+        return removed + gc.collect_expired(
+            self.staging, now, self.ttl_of, skip=open_dirs, on_removed=on_removed
+        )
 
     async def close(self) -> None:
         """Persist everything (flush + checkpoint) and close every open transfer."""
