@@ -755,6 +755,8 @@ class S3Exporter:
             if stream is not None:
                 await self._finish_stream(stream, metadata, checksum)
             else:
+                if size > self.cfg.part_size:  # what a stream that failed may have left
+                    await self.streamer.drop_stored(client_id, file_id, self.pending_dir)
                 await self._io.run(self._upload(key, data_path, size, metadata))
             if meta.expire_at is not None:
                 marker = expiry_key(self.cfg.checkpoint_prefix, meta.expire_at, key)

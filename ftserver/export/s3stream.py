@@ -636,8 +636,7 @@ class PartStreamer:
                 return
             self.spawn(self._drop(stream, pending))
         else:
-            key = checkpoint_key(self.cfg.checkpoint_prefix, client_id, file_id)
-            self.spawn(self._drop_stored(key, pending))
+            self.spawn(self.drop_stored(client_id, file_id, pending))
 
     async def _drop(self, stream: TransferStream, pending: Path | None = None) -> None:
         """Abort a stream's upload and delete its checkpoint (nothing is left behind)."""
@@ -647,8 +646,10 @@ class PartStreamer:
         with contextlib.suppress(Exception):
             await self.run(self.delete_checkpoint(stream.ckpt_key, stream.ckpt_etag))
 
-    async def _drop_stored(self, key: str, pending: Path) -> None:
-        """A transfer not open here was aborted or expired: its checkpoint (if ours) goes."""
+    async def drop_stored(self, client_id: str, file_id: str, pending: Path) -> None:
+        """Abort the upload of a transfer's checkpoint and delete it, when it is this node's
+        (a transfer not open here that was aborted or expired, or one exported whole)."""
+        key = checkpoint_key(self.cfg.checkpoint_prefix, client_id, file_id)
         try:
             found = await self.run(self.get_checkpoint(key))
         except Exception as exc:
