@@ -17,9 +17,10 @@ Fencing, and what it rests on
     Every write is conditional. The first one is ``If-None-Match: *`` (it fails when a
     checkpoint exists: somebody else streams this transfer); every later one is
     ``If-Match: <the ETag of our previous write>``, and so is the final delete. S3 evaluates
-    the condition atomically with the write (AWS S3 since 2024; SeaweedFS since 3.8x, and
-    the 4.x the tests run answers 412 ``PreconditionFailed`` for both headers on PutObject
-    and for If-Match on DeleteObject: checked by ``tests/s3/test_s3_stream.py``). So two
+    the condition atomically with the write (AWS S3 takes both headers on PutObject since
+    2024; SeaweedFS 4.48, the version the tests run, answers 412 ``PreconditionFailed`` for
+    both on PutObject and for If-Match on DeleteObject: checked by
+    ``tests/s3/test_s3_stream.py``). So two
     writers can never both believe they own a checkpoint: the one whose write fails reads the
     checkpoint again and stops when it shows another node or a newer generation (it is
     fenced: it neither completes, aborts nor overwrites that transfer). Before completing

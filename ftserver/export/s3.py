@@ -4,17 +4,27 @@ Object key ``<esc(clientId)>/<esc(fileId)>/<name>`` and user metadata
 ``x-amz-meta-clientid``, ``-fileid``, ``-filemeta``, ``-filemeta-vsn`` exactly as EMQX writes
 them (:func:`ftserver.export.layout.s3_key`, :func:`~ftserver.export.layout.s3_metadata`),
 plus ``x-amz-meta-checksum``: the verified SHA-256 of the file, uppercase hex, so that a
-listing can show it as a local export's manifest does.
+listing can show it as a local export's manifest does. A streamed upload's metadata is fixed
+before the file is complete: it has ``checksum`` only when the init gave one (the fin checks
+the file against it), else the verified SHA-256 is its tag ``sha256``, set at fin.
 
 How a file is uploaded
-    The staging file (verified, truncated and flushed by the store) is read in place; it is
-    never loaded whole. A file of at most ``export.part_size`` bytes goes in one PUT; a larger
-    one in a multipart upload whose parts (``part_size`` each, raised when the file would
-    need more than 10 000 parts) are read with ``pread`` in a thread and uploaded
-    ``export.upload_concurrency`` at a time, so at most that many parts are in memory. All
-    S3 traffic runs on an event loop of its own in one thread per process (:class:`_IoLoop`):
-    request signing hashes every part (SigV4 over plain HTTP signs the payload) and that work
-    must not stall the MQTT loop.
+    A file whose init gives a size of more than one part is streamed: its parts are uploaded
+    while it arrives and the fin completes the upload (:mod:`ftserver.export.s3stream`; its
+    state in the bucket: :mod:`ftserver.export.checkpoint`). Any other file is uploaded at
+    fin: the staging file (verified, truncated and flushed by the store) is read in place;
+    it is never loaded whole. A file of at most ``export.part_size`` bytes goes in one PUT; a
+    larger one in a multipart upload whose parts (``part_size`` each, raised when the file
+    would need more than 10 000 parts) are read with ``pread`` in a thread and uploaded in
+    parallel. Either way a process uploads at most ``export.upload_concurrency`` parts at a
+    time (:attr:`S3Bucket.slots`), so at most that many are in memory. All S3 traffic runs on
+    an event loop of its own in one thread per process (:class:`_IoLoop`): request signing
+    hashes every part (SigV4 over plain HTTP signs the payload) and that work must not stall
+    the MQTT loop.
+
+Expiry
+    An export with ``expire_at`` leaves a marker in the bucket that the collector finds
+    (:mod:`ftserver.export.s3expiry`).
 
 How failures end
     Any failure (an S3 error, a lost connection, a local read error, cancellation) aborts
@@ -284,6 +294,15 @@ class S3Bucket:
         self.bucket = cfg.bucket
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The part uploads of this process (``export.upload_concurrency`` at a time, each
+        holding its part in memory): streamed parts and whole-file exports share them."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.cfg.upload_concurrency)
+        return self._slots
 
     async def open(self) -> None:
         """Create the client (loads the service model; no request is sent)."""
@@ -353,8 +372,9 @@ class S3Bucket:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if size <= self.cfg.part_size:
-                body = await loop.run_in_executor(None, _read_range, fd, 0, size)
-                await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+                async with self.slots:
+                    body = await loop.run_in_executor(None, _read_range, fd, 0, size)
+                    await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
                 return
             await self.abort_stale(key)
             created = await self.client.create_multipart_upload(
@@ -388,15 +408,16 @@ class S3Bucket:
             for number in numbers:
                 offset = (number - 1) * part
                 length = min(part, size - offset)
-                body = await loop.run_in_executor(None, _read_range, fd, offset, length)
-                answer = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                )
-                del body
+                async with self.slots:
+                    body = await loop.run_in_executor(None, _read_range, fd, offset, length)
+                    answer = await self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                    del body
                 etags[number - 1] = str(answer["ETag"])
 
         tasks = [

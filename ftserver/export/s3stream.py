@@ -106,6 +106,8 @@ def part_bytes(
                 raise OSError(5, "staging file shorter than the part", str(path))
             chunks.append(chunk)
             got += len(chunk)
+        # not read again: its clean pages can go (the dirty ones go after their writeback)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -419,7 +421,6 @@ class PartStreamer:
         self._run = run
         self._bucket = bucket
         self.streams: dict[tuple[str, str], TransferStream] = {}
-        self._sem: asyncio.Semaphore | None = None  # on the S3 loop, made there
         self._tasks: set[asyncio.Future[Any]] = set()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
@@ -450,10 +451,8 @@ class PartStreamer:
         end: int,
         hashing: tuple[int, bytes] | None,
     ) -> tuple[str, bytes | None]:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.cfg.upload_concurrency)
         loop = asyncio.get_running_loop()
-        async with self._sem:
+        async with self._bucket().slots:
             body, state = await loop.run_in_executor(
                 None, part_bytes, path, offset, end - offset, hashing
             )
@@ -546,6 +545,9 @@ class PartStreamer:
         part = part_size_for(meta.size, self.cfg.part_size)
         stream = TransferStream(self, client_id, file_id, meta, data_path, asm, part)
         self.streams[key] = stream
+        # the assembler drops the pages behind its hash a chunk later; the parts are read
+        # back after they complete: they are dropped once uploaded instead (part_bytes)
+        asm.recycle = False
         self.spawn(self._open(stream, metadata()))
 
     async def _open(self, stream: TransferStream, metadata: dict[str, str]) -> None:
@@ -584,10 +586,10 @@ class PartStreamer:
                     stream.opened.set_result(True)
                     stream.schedule_complete()
                     return
-                if ckpt.node == self.node or ckpt.state != "streaming":
-                    # an older transfer's leftovers under the same ids
-                    with contextlib.suppress(Exception):
-                        await self.run(self.abort(ckpt.key, ckpt.upload_id))
+                # another transfer under the same ids (an older one, or one with other
+                # metadata): its checkpoint is replaced, so its upload goes
+                with contextlib.suppress(Exception):
+                    await self.run(self.abort(ckpt.key, ckpt.upload_id))
                 stream.ckpt_etag = etag
             stream.upload_id = await self.run(self.create(stream.key, metadata))
             await stream.write_checkpoint()

@@ -20,7 +20,9 @@ class Streaming(Protocol):
     def stream_open(
         self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, asm: ftcore.Assembler
     ) -> None:
-        """A transfer with its init metadata is open in this process."""
+        """A transfer with its init metadata is open in this process. The exporter may turn
+        the assembler's page-cache recycling off (it reads the parts back and drops their
+        pages itself)."""
 
     def stream_wrote(
         self, client_id: str, file_id: str, start: int, end: int, verified: bool, reset: bool

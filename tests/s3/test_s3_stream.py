@@ -312,3 +312,46 @@ def test_expire_at_deletes_s3_exports(
     finally:
         c.close()
     assert obj_bytes(s3, bucket, f"{cid}/s/s2.bin") == b"again"
+
+
+def test_killed_server_continues_its_upload_from_the_checkpoint(
+    seaweed: SeaweedFS,
+    s3: Any,
+    bucket: str,
+    make_server: Callable[..., ServerProcess],
+    cid: str,
+    tmp_path: Path,
+) -> None:
+    args = stream_args(seaweed, bucket)
+    srv = make_server(*args, data=tmp_path / "data")
+    data = os.urandom(3 * PART + MiB)
+    meta = {"name": "a.bin", "size": len(data)}
+    key = f"{cid}/f/a.bin"
+    c = FtClient(srv.mqtt_port, cid)
+    try:
+        send(c, "f", data, meta, range(0, 2 * PART // SEG))
+        doc = wait_for(
+            "a checkpoint of two parts",
+            lambda: (d := checkpoint(s3, bucket, cid, "f")) and len(d["parts"]) == 2 and d,
+        )
+    finally:
+        c.close()
+    srv.kill()
+    srv = make_server(*args, data=tmp_path / "data")
+    c = FtClient(srv.mqtt_port, cid)
+    try:
+        send(c, "f", data, meta, range(2 * PART // SEG, len(data) // SEG))
+        wait_for(
+            "the checkpoint of four parts",
+            lambda: (d := checkpoint(s3, bucket, cid, "f")) and len(d["parts"]) == 4,
+        )
+        after = checkpoint(s3, bucket, cid, "f")
+        assert after is not None
+        # the same upload, continued by the same node: parts 1 and 2 were not sent again
+        assert (after["upload_id"], after["generation"]) == (doc["upload_id"], 1)
+        assert after["parts"][:2] == doc["parts"]
+        assert c.command(f"$file/f/fin/{len(data)}") == 0
+    finally:
+        c.close()
+    assert obj_bytes(s3, bucket, key) == data
+    assert checkpoint(s3, bucket, cid, "f") is None
