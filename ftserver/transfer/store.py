@@ -582,21 +582,18 @@ class TransferStore:
         self._dirty.pop(t.key, None)
         self._remember_export(info)
         if not isinstance(exporter, LocalExporter):
-            try:
-                await loop.run_in_executor(None, _remove_staging, t)
-            except Exception as exc:
-                removed = exc
-        if removed is not None:
-            log.warning(
-                "transfer %r/%r exported; removing its staging directory failed (%s): "
-                "left for the collector",
-                t.client_id,
-                t.file_id,
-                removed,
-            )
-            t.close()
+            # after the answer: unlinking a large file costs time with its cached pages
+            self._spawn(self._remove_exported(t))
+        elif removed is not None:
+            _removal_failed(t, removed)
         self.hooks.exported(info, time.perf_counter() - started)
         return info
+
+    async def _remove_exported(self, t: Transfer) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _remove_staging, t)
+        except Exception as exc:
+            _removal_failed(t, exc)
 
     # -- durability --------------------------------------------------------------------------
 
@@ -798,6 +795,17 @@ def _fin_local(
     except Exception as exc:
         return info, exc
     return info, None
+
+
+def _removal_failed(t: Transfer, exc: Exception) -> None:
+    log.warning(
+        "transfer %r/%r exported; removing its staging directory failed (%s): "
+        "left for the collector",
+        t.client_id,
+        t.file_id,
+        exc,
+    )
+    t.close()
 
 
 def _prepare_export(t: Transfer, size: int, sync: bool) -> None:
