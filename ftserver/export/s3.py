@@ -634,6 +634,23 @@ def _pending_records(pending: Path) -> list[tuple[Path, tuple[str, str, str]]]:
 # the exporter
 
 
+def _orphan_write_failed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The S3 loop's handler of errors nobody retrieved. aiohttp (3.14) writes a request
+    body in a task of its own; with ``Expect: 100-continue`` (botocore's, for parts) a
+    connection that closes as the headers go out makes that task fail outside its own error
+    handling, and nobody awaits it: asyncio would log a traceback for a failure the request
+    itself already reports (``s3_unavailable``). That one is logged at debug level; anything
+    else goes to the default handler."""
+    task = context.get("future")
+    exc = context.get("exception")
+    if isinstance(task, asyncio.Task) and isinstance(exc, ConnectionError):
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name == "ClientRequest.write_bytes":
+            log.debug("s3: a request body was cut with its connection: %s", exc)
+            return
+    loop.default_exception_handler(context)
+
+
 class _IoLoop:
     """An event loop in a thread of its own, with the bucket's client on it."""
 
@@ -649,6 +666,7 @@ class _IoLoop:
                 import uvloop
 
                 loop = uvloop.new_event_loop()
+                loop.set_exception_handler(_orphan_write_failed)
                 thread = threading.Thread(target=loop.run_forever, name="ftserver-s3", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
