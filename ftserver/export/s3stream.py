@@ -334,6 +334,8 @@ class TransferStream:
                 )
                 return
             except Conflict:
+                if self.closed:
+                    return  # closed here: whoever wrote it holds the transfer now
                 found = await self.owner.run(self.owner.get_checkpoint(self.ckpt_key))
                 if found is None or not self.owner.ours(found[0], self.generation):
                     raise Fenced() from None
@@ -553,49 +555,13 @@ class PartStreamer:
     async def _open(self, stream: TransferStream, metadata: dict[str, str]) -> None:
         """Continue the checkpoint of this transfer, or start a new upload and checkpoint."""
         try:
-            found = await self.run(self.get_checkpoint(stream.ckpt_key))
-            if found is not None:
-                ckpt, etag = found
-                if (
-                    ckpt.key == stream.key
-                    and ckpt.size == stream.size
-                    and ckpt.part_size == stream.part
-                    and ckpt.meta == stream.meta.to_json_obj()
-                    and ckpt.state == "streaming"
-                ):
-                    stream.upload_id = ckpt.upload_id
-                    stream.ckpt_etag = etag
-                    stream.generation = ckpt.generation
-                    if ckpt.node != self.node:
-                        stream.generation += 1  # taken over from another node
-                    for number, part_etag in ckpt.parts.items():
-                        i = number - 1
-                        if i not in stream.version and 0 <= i < stream.count:
-                            stream.etags[i] = part_etag
-                    if ckpt.hashed and ckpt.hashed % stream.part == 0:
-                        stream.bstates[ckpt.hashed // stream.part] = ckpt.hash_state
-                    await stream.write_checkpoint()
-                    log.info(
-                        "s3: %r/%r continues its upload (%d of %d parts done, generation %d)",
-                        stream.client_id,
-                        stream.file_id,
-                        len(stream.etags),
-                        stream.count,
-                        stream.generation,
-                    )
-                    stream.opened.set_result(True)
+            for _attempt in range(3):
+                if await self._continue_or_start(stream, metadata):
+                    if not stream.opened.done():
+                        stream.opened.set_result(True)
                     stream.schedule_complete()
                     return
-                # another transfer under the same ids (an older one, or one with other
-                # metadata): its checkpoint is replaced, so its upload goes
-                with contextlib.suppress(Exception):
-                    await self.run(self.abort(ckpt.key, ckpt.upload_id))
-                stream.ckpt_etag = etag
-            stream.upload_id = await self.run(self.create(stream.key, metadata))
-            await stream.write_checkpoint()
-            if not stream.opened.done():
-                stream.opened.set_result(True)
-            stream.schedule_complete()
+            raise StorageError("s3_checkpoint_conflict")
         except Exception as exc:
             if isinstance(exc, Fenced):
                 stream.fenced = True
@@ -610,6 +576,57 @@ class PartStreamer:
                 stream.opened.set_result(False)
             if stream.upload_id is not None and not stream.fenced:
                 self.spawn(self._drop(stream))
+
+    async def _continue_or_start(self, stream: TransferStream, metadata: dict[str, str]) -> bool:
+        """One attempt of :meth:`_open`; False when another process wrote the checkpoint
+        between our reading and our writing it (the caller looks again)."""
+        found = await self.run(self.get_checkpoint(stream.ckpt_key))
+        expect = None
+        if found is not None:
+            ckpt, etag = found
+            if (
+                ckpt.key == stream.key
+                and ckpt.size == stream.size
+                and ckpt.part_size == stream.part
+                and ckpt.meta == stream.meta.to_json_obj()
+                and ckpt.state == "streaming"
+            ):
+                stream.upload_id = ckpt.upload_id
+                stream.ckpt_etag = etag
+                stream.generation = ckpt.generation
+                if ckpt.node != self.node:
+                    stream.generation += 1  # taken over from another node
+                for number, part_etag in ckpt.parts.items():
+                    i = number - 1
+                    if i not in stream.version and 0 <= i < stream.count:
+                        stream.etags[i] = part_etag
+                if ckpt.hashed and ckpt.hashed % stream.part == 0:
+                    stream.bstates[ckpt.hashed // stream.part] = ckpt.hash_state
+                await stream.write_checkpoint()
+                log.info(
+                    "s3: %r/%r continues its upload (%d of %d parts done, generation %d)",
+                    stream.client_id,
+                    stream.file_id,
+                    len(stream.etags),
+                    stream.count,
+                    stream.generation,
+                )
+                return True
+            # another transfer under the same ids (an older one, or one with other
+            # metadata): its checkpoint is replaced, so its upload goes
+            with contextlib.suppress(Exception):
+                await self.run(self.abort(ckpt.key, ckpt.upload_id))
+            expect = etag
+        stream.upload_id = await self.run(self.create(stream.key, metadata))
+        body = stream.checkpoint().to_bytes()
+        try:
+            stream.ckpt_etag = await self.run(self.put_checkpoint(stream.ckpt_key, body, expect))
+        except Conflict:
+            # another process of this node started it meanwhile: ours goes, theirs is used
+            upload_id, stream.upload_id = stream.upload_id, None
+            await self._abort_or_remember(stream.key, upload_id, None)
+            return False
+        return True
 
     def wrote(
         self, client_id: str, file_id: str, start: int, end: int, verified: bool, reset: bool

@@ -355,3 +355,39 @@ def test_killed_server_continues_its_upload_from_the_checkpoint(
         c.close()
     assert obj_bytes(s3, bucket, key) == data
     assert checkpoint(s3, bucket, cid, "f") is None
+
+
+def test_reconnects_across_workers_continue_one_upload(
+    seaweed: SeaweedFS, s3: Any, bucket: str, make_server: Callable[..., ServerProcess], cid: str
+) -> None:
+    """The client reconnects three times (the kernel picks a worker each time): whichever
+    worker holds the transfer continues the same upload from the checkpoint."""
+    srv = make_server(*stream_args(seaweed, bucket, **{"server.workers": 2}))
+    data = os.urandom(5 * PART + 4321)
+    meta = {"name": "a.bin", "size": len(data)}
+    key = f"{cid}/f/a.bin"
+    n = -(-len(data) // SEG)
+    thirds = [range(0, n // 3), range(n // 3, 2 * n // 3), range(2 * n // 3, n)]
+    uploads = set()
+    for part_range in thirds:
+        c = FtClient(srv.mqtt_port, cid)
+        try:
+            send(c, "f", data, meta, part_range)
+            if part_range.stop < n:
+                done = part_range.stop * SEG // PART
+                doc = wait_for(
+                    f"a checkpoint of {done} parts",
+                    lambda: (
+                        (d := checkpoint(s3, bucket, cid, "f"))
+                        and len(d["parts"]) >= done  # noqa: B023
+                        and d
+                    ),
+                )
+                uploads.add(doc["upload_id"])
+            else:
+                assert c.command(f"$file/f/fin/{len(data)}") == 0
+        finally:
+            c.close()
+    assert len(uploads) == 1
+    assert obj_bytes(s3, bucket, key) == data
+    assert checkpoint(s3, bucket, cid, "f") is None
