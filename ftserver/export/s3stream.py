@@ -106,7 +106,8 @@ def part_bytes(
                 raise OSError(5, "staging file shorter than the part", str(path))
             chunks.append(chunk)
             got += len(chunk)
-        # not read again: its clean pages can go (the dirty ones go after their writeback)
+        # not read again: on Linux this starts the writeback of its dirty pages and drops
+        # the clean ones (those written back later stay cached until the kernel needs them)
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
