@@ -32,6 +32,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -284,6 +285,19 @@ class ServerConfig:
             choices=("text", "json"),
         ),
     )
+    node: str = field(
+        default="",
+        metadata=_spec(
+            "str",
+            "This node's name in a cluster (S3 transfer checkpoints name their owner); empty: "
+            "the host name.",
+        ),
+    )
+
+    @property
+    def node_name(self) -> str:
+        """``node``, or the host name when it is empty."""
+        return self.node or socket.gethostname()
 
     @property
     def worker_count(self) -> int:
@@ -669,7 +683,7 @@ class ExportConfig:
         default=4,
         metadata=_spec(
             "int",
-            "Parts of one file uploaded at once (each holds one part in memory).",
+            "Parts uploaded at once per worker process (each holds one part in memory).",
             lo=1,
             hi=64,
         ),
@@ -709,6 +723,14 @@ class ExportConfig:
             "Validity of the presigned download URLs the HTTP API lists for S3 exports.",
             lo=1,
             hi=S3_MAX_PRESIGN,
+        ),
+    )
+    checkpoint_prefix: str = field(
+        default=".ftserver/transfers/",
+        metadata=_spec(
+            "str",
+            "Key prefix in the bucket of the transfers' checkpoints (state of the streamed "
+            "multipart uploads) and expiry markers; ends with /, never listed as exports.",
         ),
     )
 
@@ -1131,6 +1153,12 @@ def _check_export(export: ExportConfig) -> None:
         )
     if export.ca_file and not Path(export.ca_file).is_file():
         raise ConfigError(f"export.ca_file: no such file {export.ca_file!r}")
+    prefix = export.checkpoint_prefix
+    if not prefix.endswith("/") or prefix.startswith("/") or "//" in prefix:
+        raise ConfigError(
+            "export.checkpoint_prefix: expected a key prefix like '.ftserver/transfers/' "
+            f"(not empty, ends with one /), got {prefix!r}"
+        )
 
 
 def _check_relay(relay: RelayConfig) -> None:

@@ -24,7 +24,14 @@ from aiohttp import web
 from ftserver import logs
 from ftserver.acl import Acl, AclError
 from ftserver.auth import PasswordFile, PasswordFileError
-from ftserver.config import Config, HostPort, broker_authenticates, host_port, is_loopback_host
+from ftserver.config import (
+    Config,
+    ExportConfig,
+    HostPort,
+    broker_authenticates,
+    host_port,
+    is_loopback_host,
+)
 from ftserver.export import make_exporter
 from ftserver.export.base import ExportInfo
 from ftserver.http.api import ApiContext, build_app
@@ -46,6 +53,7 @@ from ftserver.transfer.dispatch import Dispatcher
 from ftserver.transfer.store import StoreHooks, TransferStore
 
 if TYPE_CHECKING:
+    from ftserver.export.s3 import S3Exporter
     from ftserver.relay.leg import RelayClient
 
 log = logging.getLogger("ftserver")
@@ -115,7 +123,7 @@ class Server:
             hooks=_StoreMetrics(),
             max_transfers_per_client=cfg.limits.max_transfers_per_client,
             max_open=self.descriptors.open_transfers,
-            exporter=make_exporter(cfg.export, self.data_dir),
+            exporter=make_exporter(cfg.export, self.data_dir, cfg.server.node_name),
         )
         dispatcher = Dispatcher(
             self.store,
@@ -188,7 +196,9 @@ class Server:
         ]
         if self.worker_id is None:  # with workers, the supervisor collects the exports
             interval = cfg.transfer.segments_gc_interval
-            self._jobs.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
+            self._jobs.append(
+                asyncio.create_task(collect_exports_forever(self.data_dir, interval, cfg.export))
+            )
 
     @property
     def _workers(self) -> int:
@@ -363,8 +373,9 @@ class Server:
         log.info("stopped", extra={"event": "stopped"})
 
 
-async def collect_exports(data_dir: Path) -> int:
-    """Delete the exports whose ``expire_at`` has passed (PROTOCOL.md §7), off the loop."""
+async def collect_exports(data_dir: Path, s3: S3Exporter | None = None) -> int:
+    """Delete the exports whose ``expire_at`` has passed (docs/protocol.md §7), off the
+    loop: the local ones, and with ``s3`` (an ``S3Exporter``) those in its bucket."""
     from ftserver import metrics
     from ftserver.export.collector import collect_expired_exports
 
@@ -372,19 +383,32 @@ async def collect_exports(data_dir: Path) -> int:
     removed = await loop.run_in_executor(
         None, collect_expired_exports, data_dir / "exports", time.time()
     )
+    if s3 is not None:
+        removed += await s3.collect_expired(time.time())
     if removed:
         metrics.EXPORTS_EXPIRED.inc(removed)
         log.info("deleted %d expired export(s)", removed)
     return removed
 
 
-async def collect_exports_forever(data_dir: Path, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await collect_exports(data_dir)
-        except Exception:
-            log.exception("collecting expired exports failed")
+async def collect_exports_forever(
+    data_dir: Path, interval: float, export: ExportConfig | None = None
+) -> None:
+    s3 = None
+    if export is not None and export.kind == "s3":
+        from ftserver.export.s3 import S3Exporter, index_root
+
+        s3 = S3Exporter(export, index_root(data_dir))
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await collect_exports(data_dir, s3)
+            except Exception:
+                log.exception("collecting expired exports failed")
+    finally:
+        if s3 is not None:
+            await s3.close()
 
 
 class _StoreMetrics(StoreHooks):

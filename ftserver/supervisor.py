@@ -156,7 +156,8 @@ class Supervisor:
         self._monitors = [asyncio.create_task(self._monitor(w)) for w in self.workers]
         # expired exports are shared by every worker: the supervisor collects them
         interval = self.config.transfer.segments_gc_interval
-        self._monitors.append(asyncio.create_task(collect_exports_forever(self.data_dir, interval)))
+        exports = collect_exports_forever(self.data_dir, interval, self.config.export)
+        self._monitors.append(asyncio.create_task(exports))
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await asyncio.gather(*(w.ready.wait() for w in self.workers))

@@ -16,13 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["make_exporter"]
 
 
-def make_exporter(cfg: ExportConfig, data_dir: Path) -> Exporter:
+def make_exporter(cfg: ExportConfig, data_dir: Path, node: str = "") -> Exporter:
     """The exporter of ``export.kind``: ``<data_dir>/exports`` for ``local``; for ``s3`` the
-    configured bucket, with its local index in ``<data_dir>/exports-s3``."""
+    configured bucket, with its local index in ``<data_dir>/exports-s3`` (``node``: this
+    node's name in the checkpoints of streamed uploads, ``server.node``)."""
     if cfg.kind == "s3":
         from ftserver.export.s3 import S3Exporter, index_root
 
-        return S3Exporter(cfg, index_root(data_dir))
+        return S3Exporter(cfg, index_root(data_dir), node)
     from ftserver.export.local import LocalExporter
 
     return LocalExporter(data_dir / "exports")

@@ -4,17 +4,27 @@ Object key ``<esc(clientId)>/<esc(fileId)>/<name>`` and user metadata
 ``x-amz-meta-clientid``, ``-fileid``, ``-filemeta``, ``-filemeta-vsn`` exactly as EMQX writes
 them (:func:`ftserver.export.layout.s3_key`, :func:`~ftserver.export.layout.s3_metadata`),
 plus ``x-amz-meta-checksum``: the verified SHA-256 of the file, uppercase hex, so that a
-listing can show it as a local export's manifest does.
+listing can show it as a local export's manifest does. A streamed upload's metadata is fixed
+before the file is complete: it has ``checksum`` only when the init gave one (the fin checks
+the file against it), else the verified SHA-256 is its tag ``sha256``, set at fin.
 
 How a file is uploaded
-    The staging file (verified, truncated and flushed by the store) is read in place; it is
-    never loaded whole. A file of at most ``export.part_size`` bytes goes in one PUT; a larger
-    one in a multipart upload whose parts (``part_size`` each, raised when the file would
-    need more than 10 000 parts) are read with ``pread`` in a thread and uploaded
-    ``export.upload_concurrency`` at a time, so at most that many parts are in memory. All
-    S3 traffic runs on an event loop of its own in one thread per process (:class:`_IoLoop`):
-    request signing hashes every part (SigV4 over plain HTTP signs the payload) and that work
-    must not stall the MQTT loop.
+    A file whose init gives a size of more than one part is streamed: its parts are uploaded
+    while it arrives and the fin completes the upload (:mod:`ftserver.export.s3stream`; its
+    state in the bucket: :mod:`ftserver.export.checkpoint`). Any other file is uploaded at
+    fin: the staging file (verified, truncated and flushed by the store) is read in place;
+    it is never loaded whole. A file of at most ``export.part_size`` bytes goes in one PUT; a
+    larger one in a multipart upload whose parts (``part_size`` each, raised when the file
+    would need more than 10 000 parts) are read with ``pread`` in a thread and uploaded in
+    parallel. Either way a process uploads at most ``export.upload_concurrency`` parts at a
+    time (:attr:`S3Bucket.slots`), so at most that many are in memory. All S3 traffic runs on
+    an event loop of its own in one thread per process (:class:`_IoLoop`): request signing
+    hashes every part (SigV4 over plain HTTP signs the payload) and that work must not stall
+    the MQTT loop.
+
+Expiry
+    An export with ``expire_at`` leaves a marker in the bucket that the collector finds
+    (:mod:`ftserver.export.s3expiry`).
 
 How failures end
     Any failure (an S3 error, a lost connection, a local read error, cancellation) aborts
@@ -51,12 +61,11 @@ import base64
 import contextlib
 import email.header
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -65,7 +74,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
 
-from ftserver.config import S3_MAX_PART, ExportConfig
+import ftcore
+from ftserver.config import ExportConfig
 from ftserver.errors import FtError, StorageError
 from ftserver.export import tree
 from ftserver.export.base import (
@@ -77,12 +87,22 @@ from ftserver.export.base import (
     Key,
     Redirect,
 )
+from ftserver.export.checkpoint import expiry_key
+from ftserver.export.collector import delete_export
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
     manifest_bytes,
     parse_manifest,
     s3_key,
     s3_metadata,
+)
+from ftserver.export.s3expiry import collect_expired_s3
+from ftserver.export.s3stream import PartStreamer, TransferStream
+from ftserver.export.s3util import (
+    is_gone,
+    part_size_for,
+    remember_abort,
+    s3_error,
 )
 from ftserver.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
 from ftserver.names import esc, unesc
@@ -109,16 +129,14 @@ log = logging.getLogger(__name__)
 INDEX_DIR: Final = "exports-s3"
 #: uploads whose abort could not reach S3, retried at the next export (below the index)
 PENDING_ABORTS: Final = ".pending-aborts"
-#: S3's largest number of parts in one multipart upload
-MAX_PARTS: Final = 10_000
 #: S3's largest page of ListObjects
 LIST_PAGE: Final = 1000
 #: HEAD requests in flight while a listing reads the objects' metadata
 HEAD_CONCURRENCY: Final = 16
-#: parts are rounded up to a whole MiB when a file needs more than MAX_PARTS of part_size
-PART_ROUNDING: Final = 1 << 20
 #: the verified SHA-256 (uppercase hex), ftserver's own key beside EMQX's four
 CHECKSUM_META: Final = "checksum"
+#: the same, as the object tag of a streamed upload (known only after its metadata was set)
+CHECKSUM_TAG: Final = "sha256"
 #: manifest keys of the local index (beside the local exporter's extras)
 _BUCKET_KEY, _KEY_KEY, _SIZE_KEY = "s3_bucket", "s3_key", "s3_size"
 
@@ -130,57 +148,6 @@ def index_root(data_dir: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # errors
-
-
-def _snake(code: str) -> str:
-    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", code)
-    return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()[:48]
-
-
-def s3_error(exc: BaseException) -> StorageError:
-    """The :class:`StorageError` that tells a client (and the log) what went wrong with S3.
-
-    - an error answer from S3: ``s3_`` + its code in snake case (``NoSuchBucket`` →
-      ``s3_no_such_bucket``, ``AccessDenied`` → ``s3_access_denied``,
-      ``SignatureDoesNotMatch`` → ``s3_signature_does_not_match``); a bare HTTP status
-      (HEAD answers have no body) → ``s3_http_<status>``
-    - S3 could not be reached, the connection broke, or a request timed out →
-      ``s3_unavailable``
-    - no credentials in the configuration nor the AWS chain → ``s3_no_credentials``
-    - anything else from the S3 client → ``s3_error``; a local read error → its POSIX name
-    """
-    from botocore import exceptions as bx  # type: ignore[import-untyped]
-
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, OSError) and not isinstance(exc, bx.BotoCoreError):
-        return StorageError.from_oserror(exc)
-    if isinstance(exc, bx.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if not code or code.isdigit():
-            return StorageError(f"s3_http_{code or status or 'error'}")
-        if code in ("SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"):
-            return StorageError("s3_unavailable")
-        return StorageError("s3_" + (_snake(code) or "error"))
-    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-        return StorageError("s3_no_credentials")
-    if isinstance(exc, bx.HTTPClientError | bx.ConnectionError | TimeoutError):
-        return StorageError("s3_unavailable")
-    if isinstance(exc, bx.BotoCoreError):
-        return StorageError("s3_error")
-    return StorageError("s3_error")
-
-
-def _is_gone(exc: BaseException, *codes: str) -> bool:
-    from botocore import exceptions as bx
-
-    if not isinstance(exc, bx.ClientError):
-        return False
-    code = str(exc.response.get("Error", {}).get("Code") or "")
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in codes or (status == 404 and code in ("", "404"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,15 +211,6 @@ def object_metadata(client_id: str, file_id: str, meta: FileMeta, checksum: str)
 
 # --------------------------------------------------------------------------------------------
 # the client
-
-
-def part_size_for(size: int, part_size: int) -> int:
-    """The part size of a multipart upload of ``size`` bytes: ``part_size``, raised (to a
-    whole MiB) when the file would need more than :data:`MAX_PARTS` parts."""
-    if size <= part_size * MAX_PARTS:
-        return part_size
-    need = -(-size // MAX_PARTS)
-    return min(-(-need // PART_ROUNDING) * PART_ROUNDING, S3_MAX_PART)
 
 
 def _read_range(fd: int, offset: int, length: int) -> bytes:
@@ -336,6 +294,15 @@ class S3Bucket:
         self.bucket = cfg.bucket
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        """The part uploads of this process (``export.upload_concurrency`` at a time, each
+        holding its part in memory): streamed parts and whole-file exports share them."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.cfg.upload_concurrency)
+        return self._slots
 
     async def open(self) -> None:
         """Create the client (loads the service model; no request is sent)."""
@@ -405,8 +372,9 @@ class S3Bucket:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if size <= self.cfg.part_size:
-                body = await loop.run_in_executor(None, _read_range, fd, 0, size)
-                await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+                async with self.slots:
+                    body = await loop.run_in_executor(None, _read_range, fd, 0, size)
+                    await self.client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
                 return
             await self.abort_stale(key)
             created = await self.client.create_multipart_upload(
@@ -440,15 +408,16 @@ class S3Bucket:
             for number in numbers:
                 offset = (number - 1) * part
                 length = min(part, size - offset)
-                body = await loop.run_in_executor(None, _read_range, fd, offset, length)
-                answer = await self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                )
-                del body
+                async with self.slots:
+                    body = await loop.run_in_executor(None, _read_range, fd, offset, length)
+                    answer = await self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+                    del body
                 etags[number - 1] = str(answer["ETag"])
 
         tasks = [
@@ -471,7 +440,7 @@ class S3Bucket:
                 Bucket=self.bucket, Key=key, UploadId=upload_id
             )
         except Exception as exc:
-            if not _is_gone(exc, "NoSuchUpload", "NoSuchKey"):
+            if not is_gone(exc, "NoSuchUpload", "NoSuchKey"):
                 raise
 
     async def _abort_or_remember(self, key: str, upload_id: str, pending: Path) -> None:
@@ -485,7 +454,7 @@ class S3Bucket:
                 s3_error(exc).description,
             )
             await asyncio.get_running_loop().run_in_executor(
-                None, _remember_abort, pending, self.bucket, key, upload_id
+                None, remember_abort, pending, self.bucket, key, upload_id
             )
 
     async def abort_stale(self, key: str) -> None:
@@ -518,12 +487,37 @@ class S3Bucket:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
+    async def checksum_tag(self, key: str) -> str | None:
+        """The verified SHA-256 of a streamed upload, kept in its tag ``sha256`` (the object's
+        metadata was fixed when its multipart upload began, before the checksum was known)."""
+        try:
+            answer = await self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if is_gone(exc, "NoSuchKey", "NotFound", "NoSuchTagSet"):
+                return None
+            raise
+        for tag in answer.get("TagSet") or []:
+            if tag.get("Key") == CHECKSUM_TAG:
+                return str(tag.get("Value"))
+        return None
+
+    async def set_checksum_tag(self, key: str, checksum: str) -> None:
+        await self.client.put_object_tagging(
+            Bucket=self.bucket,
+            Key=key,
+            Tagging={"TagSet": [{"Key": CHECKSUM_TAG, "Value": checksum.upper()}]},
+        )
+
+    async def put_marker(self, key: str) -> None:
+        """An empty object (an expiry marker)."""
+        await self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+
     async def head(self, key: str) -> dict[str, Any] | None:
         """The HEAD answer of an object, or None when there is no such object."""
         try:
             answer: dict[str, Any] = await self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _is_gone(exc, "NoSuchKey", "NotFound"):
+            if is_gone(exc, "NoSuchKey", "NotFound"):
                 return None
             raise
         return answer
@@ -549,8 +543,10 @@ class S3Bucket:
                 kwargs["Prefix"] = prefix
             answer = await self.client.list_objects(**kwargs)
             contents = answer.get("Contents") or []
+            hidden = self.cfg.checkpoint_prefix
             for obj in contents:
-                if parse_key(str(obj["Key"])) is not None:
+                name = str(obj["Key"])
+                if parse_key(name) is not None and not name.startswith(hidden):
                     found.append(obj)
             if len(found) > limit:
                 return found[:limit], True
@@ -571,6 +567,10 @@ class S3Bucket:
                 return None
             async with sem:
                 head = await self.head(key)
+                if head is not None and CHECKSUM_META not in (head.get("Metadata") or {}):
+                    checksum = await self.checksum_tag(key)
+                    if checksum:  # a streamed upload: its checksum came after its metadata
+                        head.setdefault("Metadata", {})[CHECKSUM_META] = checksum
             if head is None:
                 return None
             modified = _timestamp(head.get("LastModified") or obj.get("LastModified"))
@@ -612,15 +612,6 @@ class S3Bucket:
         return len(objects)
 
 
-def _remember_abort(pending: Path, bucket: str, key: str, upload_id: str) -> None:
-    pending.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(f"{bucket}\0{key}\0{upload_id}".encode("utf-8", "surrogatepass"))
-    path = pending / f"{digest.hexdigest()}.json"
-    tmp = pending / f".{secrets.token_hex(8)}.tmp"
-    tmp.write_text(json.dumps({"bucket": bucket, "key": key, "upload_id": upload_id}))
-    os.replace(tmp, path)
-
-
 def _pending_records(pending: Path) -> list[tuple[Path, tuple[str, str, str]]]:
     out: list[tuple[Path, tuple[str, str, str]]] = []
     try:
@@ -643,6 +634,23 @@ def _pending_records(pending: Path) -> list[tuple[Path, tuple[str, str, str]]]:
 # the exporter
 
 
+def _orphan_write_failed(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The S3 loop's handler of errors nobody retrieved. aiohttp (3.14) writes a request
+    body in a task of its own; with ``Expect: 100-continue`` (botocore's, for parts) a
+    connection that closes as the headers go out makes that task fail outside its own error
+    handling, and nobody awaits it: asyncio would log a traceback for a failure the request
+    itself already reports (``s3_unavailable``). That one is logged at debug level; anything
+    else goes to the default handler."""
+    task = context.get("future")
+    exc = context.get("exception")
+    if isinstance(task, asyncio.Task) and isinstance(exc, ConnectionError):
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if name == "ClientRequest.write_bytes":
+            log.debug("s3: a request body was cut with its connection: %s", exc)
+            return
+    loop.default_exception_handler(context)
+
+
 class _IoLoop:
     """An event loop in a thread of its own, with the bucket's client on it."""
 
@@ -658,6 +666,7 @@ class _IoLoop:
                 import uvloop
 
                 loop = uvloop.new_event_loop()
+                loop.set_exception_handler(_orphan_write_failed)
                 thread = threading.Thread(target=loop.run_forever, name="ftserver-s3", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread
@@ -697,10 +706,38 @@ class S3Exporter:
     cursor_kind: ClassVar[str] = "s"
     cursor_length: ClassVar[int] = 1
 
-    def __init__(self, cfg: ExportConfig, root: Path) -> None:
+    def __init__(self, cfg: ExportConfig, root: Path, node: str = "") -> None:
         self.cfg = cfg
         self.root = root
         self._io = _IoLoop(cfg)
+        self.node = node or socket.gethostname()
+        #: the files being uploaded while they arrive (:mod:`ftserver.export.s3stream`)
+        self.streamer = PartStreamer(cfg, self.node, self._io.run, lambda: self._io.bucket)
+
+    # -- streaming (:class:`ftserver.export.s3stream.Streaming`) -----------------------------
+
+    def stream_open(
+        self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, asm: ftcore.Assembler
+    ) -> None:
+        def metadata() -> dict[str, str]:
+            out = object_metadata(client_id, file_id, meta, "")
+            del out[CHECKSUM_META]
+            if meta.checksum is not None:  # the fin must match it: it is the verified one
+                out[CHECKSUM_META] = meta.checksum.upper()
+            return out
+
+        self.streamer.open(client_id, file_id, meta, data_path, asm, metadata)
+
+    def stream_wrote(
+        self, client_id: str, file_id: str, start: int, end: int, verified: bool, reset: bool
+    ) -> None:
+        self.streamer.wrote(client_id, file_id, start, end, verified, reset)
+
+    def stream_close(self, client_id: str, file_id: str) -> None:
+        self.streamer.close(client_id, file_id)
+
+    def stream_discard(self, client_id: str, file_id: str) -> None:
+        self.streamer.discard(client_id, file_id, self.pending_dir)
 
     @property
     def pending_dir(self) -> Path:
@@ -746,8 +783,23 @@ class S3Exporter:
         key = s3_key(client_id, file_id, meta.name)
         metadata = object_metadata(client_id, file_id, meta, checksum)
         started = time.perf_counter()
+        stream = self.streamer.streams.get((client_id, file_id))
         try:
-            await self._io.run(self._upload(key, data_path, size, metadata))
+            if stream is not None and (
+                stream.size != size or stream.key != key or not await stream.usable()
+            ):
+                # not the file it streamed, or streaming never started: the whole file now
+                await self.streamer.end(stream, self.pending_dir)
+                stream = None
+            if stream is not None:
+                await self._finish_stream(stream, metadata, checksum)
+            else:
+                if size > self.cfg.part_size:  # what a stream that failed may have left
+                    await self.streamer.drop_stored(client_id, file_id, self.pending_dir)
+                await self._io.run(self._upload(key, data_path, size, metadata))
+            if meta.expire_at is not None:
+                marker = expiry_key(self.cfg.checkpoint_prefix, meta.expire_at, key)
+                await self._io.run(self._io.bucket.put_marker(marker))
         except Exception as exc:
             err = s3_error(exc)
             log.warning(
@@ -775,6 +827,28 @@ class S3Exporter:
         return ExportInfo(
             client_id, file_id, meta, size, checksum, path, f"s3://{self.cfg.bucket}/{key}"
         )
+
+    async def _finish_stream(
+        self, stream: TransferStream, metadata: dict[str, str], checksum: str
+    ) -> None:
+        """The fin of a streamed upload: the last part, the completion, the checksum."""
+        try:
+            await stream.finish(metadata)
+        except BaseException:
+            await asyncio.shield(self.streamer.end(stream, self.pending_dir))
+            raise
+        self.streamer.streams.pop((stream.client_id, stream.file_id), None)
+        bucket = self._io.bucket
+
+        async def settle() -> None:
+            if stream.meta.checksum is None:
+                await bucket.set_checksum_tag(stream.key, checksum)
+            head = await bucket.head(stream.key)
+            got = None if head is None else head.get("ContentLength")
+            if got != stream.size:
+                raise StorageError("s3_size_mismatch")
+
+        await self._io.run(settle())
 
     async def _upload(self, key: str, path: Path, size: int, metadata: dict[str, str]) -> None:
         bucket = self._io.bucket
@@ -891,8 +965,30 @@ class S3Exporter:
 
         return await self._ask(f"download of {fileref!r}", locate())
 
+    async def collect_expired(self, now: float) -> int:
+        """Delete the exports whose ``expire_at`` is before ``now`` (one pass over the
+        expiry markers: :mod:`ftserver.export.s3expiry`), with their local index entries
+        (those of this node: another node's index forgets it when the object is gone)."""
+
+        async def collect() -> list[str]:
+            bucket = self._io.bucket
+            return await collect_expired_s3(
+                bucket.client, bucket.bucket, self.cfg.checkpoint_prefix, now
+            )
+
+        keys = await self._io.run(collect())
+        loop = asyncio.get_running_loop()
+        for key in keys:
+            parsed = parse_key(key)
+            if parsed is not None:
+                cid, fid, name = parsed
+                d = self.transfer_dir(cid, fid)
+                await loop.run_in_executor(None, delete_export, d, name, self.root)
+        return len(keys)
+
     async def close(self) -> None:
-        """Close the S3 client and stop its thread."""
+        """Close the S3 client and stop its thread (streams stay in the bucket)."""
+        await self.streamer.close_all()
         await asyncio.get_running_loop().run_in_executor(None, self._io.close)
 
 

@@ -40,11 +40,14 @@ def collect_expired(
     now: float,
     ttl_of: Callable[[FileMeta | None], float],
     skip: Container[Path] = (),
+    on_removed: Callable[[str, str], None] | None = None,
 ) -> int:
     """Delete the staged transfers under ``staging`` whose last activity is more than their
     TTL (``ttl_of`` their init metadata, None before init) before ``now``, except those in
     ``skip`` (open in this process: the store expires them itself) and those another
-    process holds. Returns how many were deleted. Blocking."""
+    process holds. ``on_removed`` hears the (clientId, fileId) of each one deleted (the S3
+    exporter aborts the upload it may have streamed). Returns how many were deleted.
+    Blocking."""
     removed = 0
     collect_tmp(staging, now, TMP_AGE)  # what a crash left half built
     for d in staged_dirs(staging):
@@ -69,6 +72,9 @@ def collect_expired(
             os.close(lock)
         removed += 1
         log_expired(unesc(d.parent.name), unesc(d.name), idle, ttl)
+        if on_removed is not None:
+            with contextlib.suppress(ValueError):
+                on_removed(unesc(d.parent.name), unesc(d.name))
     return removed
 
 

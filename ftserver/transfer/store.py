@@ -51,6 +51,7 @@ from ftserver.errors import (
 )
 from ftserver.export.base import Exporter, ExportInfo
 from ftserver.export.local import LocalExporter
+from ftserver.export.streaming import Streaming
 from ftserver.meta import FileMeta
 from ftserver.storage import gc, staging
 from ftserver.storage import journal as jr
@@ -180,6 +181,8 @@ class TransferStore:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.exporter: Exporter = exporter or LocalExporter(data_dir / "exports")
         self.exporter.root.mkdir(parents=True, exist_ok=True)
+        #: the exporter, when it uploads files while they arrive (S3)
+        self._stream = self.exporter if isinstance(self.exporter, Streaming) else None
         self.durability: Durability = durability
         self.flush_bytes = flush_bytes
         self.ttl_min = ttl_min
@@ -306,6 +309,8 @@ class TransferStore:
         """Close an open transfer to free its descriptor. No flush: its journal is written
         and recovery reopens it from there (checking unflushed ranges as after a crash)."""
         self._leave_segment_path(t)
+        if self._stream is not None:
+            self._stream.stream_close(t.client_id, t.file_id)
         self._open.pop(t.key, None)
         self.evicted += 1
         self.hooks.evicted()
@@ -348,6 +353,8 @@ class TransferStore:
             self._open[key] = result
             if release:
                 self._close_one(result)  # its client lives in another worker now
+            else:
+                self._stream_open(result)
         elif isinstance(result, ExportInfo):
             self._remember_export(result)
 
@@ -365,6 +372,7 @@ class TransferStore:
             return
         if got is None:
             t = self._create(client_id, file_id, meta)  # born with its metadata
+            self._stream_open(t)
         else:
             t = got
             t.last_activity = time.time()
@@ -376,6 +384,7 @@ class TransferStore:
                 return
             staging.write_meta(t.dir, meta, sync=self.durability == "sync")
             t.meta = meta
+            self._stream_open(t)
         self.hooks.started()
         log.info(
             "transfer started",
@@ -425,6 +434,11 @@ class TransferStore:
         )
         self._dirty[t.key] = t
         self._wrote(t, n)
+        if self._stream is not None:
+            end = offset + n
+            self._stream.stream_wrote(
+                client_id, file_id, offset, end, end <= before <= after, after < before
+            )
         path = self._paths.get(client_id)
         if path is not None and t.key not in self._exports and file_id not in path:
             path.open(file_id, t.asm)  # its next segments may take the native path
@@ -445,6 +459,8 @@ class TransferStore:
         t.asm.recycle_behind()  # the native path moved the hash without calling back
         self._dirty[t.key] = t
         self._wrote(t, end - start)
+        if self._stream is not None:
+            self._stream.stream_wrote(client_id, file_id, start, end, False, False)
 
     def _wrote(self, t: Transfer, n: int) -> None:
         # a checkpoint every flush_bytes (both modes): recovery then starts from the saved
@@ -531,7 +547,13 @@ class TransferStore:
             },
         )
 
+    def _stream_open(self, t: Transfer) -> None:
+        if self._stream is not None and t.meta is not None:
+            self._stream.stream_open(t.client_id, t.file_id, t.meta, t.data_path, t.asm)
+
     def _discard(self, t: Transfer) -> None:
+        if self._stream is not None:
+            self._stream.stream_discard(t.client_id, t.file_id)
         self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
@@ -646,19 +668,10 @@ class TransferStore:
         self._dirty.pop(t.key, None)
         self._remember_export(info)
         if not isinstance(exporter, LocalExporter):
-            try:
-                await loop.run_in_executor(None, _remove_staging, t)
-            except Exception as exc:
-                removed = exc
-        if removed is not None:
-            log.warning(
-                "transfer %r/%r exported; removing its staging directory failed (%s): "
-                "left for the collector",
-                t.client_id,
-                t.file_id,
-                removed,
-            )
-            t.close()
+            # after the answer: unlinking a large file costs time with its cached pages
+            self._spawn(self._remove_exported(t))
+        elif removed is not None:
+            _removal_failed(t, removed)
         seconds = time.perf_counter() - started
         self.hooks.exported(info, seconds)
         log.info(
@@ -675,6 +688,12 @@ class TransferStore:
             },
         )
         return info
+
+    async def _remove_exported(self, t: Transfer) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _remove_staging, t)
+        except Exception as exc:
+            _removal_failed(t, exc)
 
     # -- durability --------------------------------------------------------------------------
 
@@ -815,6 +834,8 @@ class TransferStore:
         return closed
 
     def _close_one(self, t: Transfer) -> None:
+        if self._stream is not None:
+            self._stream.stream_close(t.client_id, t.file_id)
         self._leave_segment_path(t)
         self._open.pop(t.key, None)
         self._dirty.pop(t.key, None)
@@ -839,7 +860,11 @@ class TransferStore:
                 removed += 1
                 gc.log_expired(t.client_id, t.file_id, now - t.last_activity, ttl)
         open_dirs = {t.dir for t in self._open.values()}
-        return removed + gc.collect_expired(self.staging, now, self.ttl_of, skip=open_dirs)
+        stream = self._stream
+        on_removed = None if stream is None else (lambda cid, fid: stream.stream_discard(cid, fid))
+        return removed + gc.collect_expired(
+            self.staging, now, self.ttl_of, skip=open_dirs, on_removed=on_removed
+        )
 
     async def close(self) -> None:
         """Persist everything (flush + checkpoint) and close every open transfer."""
@@ -895,6 +920,17 @@ def _fin_local(
     except Exception as exc:
         return info, exc
     return info, None
+
+
+def _removal_failed(t: Transfer, exc: Exception) -> None:
+    log.warning(
+        "transfer %r/%r exported; removing its staging directory failed (%s): "
+        "left for the collector",
+        t.client_id,
+        t.file_id,
+        exc,
+    )
+    t.close()
 
 
 def _prepare_export(t: Transfer, size: int, sync: bool) -> None:

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ PORT_TIMEOUT = 30.0
 START_ATTEMPTS = 3
 #: the bucket the readiness probe writes to (tests use buckets of their own)
 READY_BUCKET = "ftserver-ready"
+#: the object the readiness probe writes (and deletes) in the tests' buckets at a restart
+PROBE_KEY = ".ftserver-probe"
 
 #: which ports `weed server` needs (see :func:`stable_port`)
 _PORTS = (
@@ -139,15 +142,16 @@ class SeaweedFS:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
-    def start(self) -> SeaweedFS:
-        """Start the server and wait until it serves S3 requests end to end (or raise)."""
+    def start(self, buckets: Sequence[str] = ()) -> SeaweedFS:
+        """Start the server and wait until it serves S3 requests end to end (or raise):
+        in the probe's bucket and in each of ``buckets`` (a restart: see :meth:`_probe`)."""
         deadline = time.monotonic() + START_TIMEOUT
         for attempt in range(1, START_ATTEMPTS + 1):
             self._wait_ports_free()
             offset = self._log_size()
             self._spawn()
             try:
-                self._wait_ready(deadline, offset)
+                self._wait_ready(deadline, offset, buckets)
             except _Exited as exc:
                 self.proc = None
                 if not exc.port_taken or attempt == START_ATTEMPTS:
@@ -218,7 +222,7 @@ class SeaweedFS:
         finally:
             log.close()
 
-    def _wait_ready(self, deadline: float, log_offset: int) -> None:
+    def _wait_ready(self, deadline: float, log_offset: int, buckets: Sequence[str] = ()) -> None:
         """Until a signed request goes through every component (:meth:`_probe`); raises
         :class:`_Exited` when the server dies meanwhile, RuntimeError (the server killed)
         at the deadline."""
@@ -241,7 +245,7 @@ class SeaweedFS:
             if self.proc.poll() is not None:
                 raise _Exited(self._log_since(log_offset))
             try:
-                self._probe(probe)
+                self._probe(probe, buckets)
                 return
             except Exception as exc:
                 last = exc
@@ -251,7 +255,7 @@ class SeaweedFS:
         raise RuntimeError(f"weed S3 not ready in {START_TIMEOUT}s ({last!r}):\n{tail}")
 
     @staticmethod
-    def _probe(client: Any) -> None:
+    def _probe(client: Any, buckets: Sequence[str] = ()) -> None:
         """A bucket HEAD (created at the first start), then a small object written, read
         back and deleted: S3 gateway, filer, master and volume server all answer."""
         from botocore.exceptions import ClientError
@@ -267,6 +271,12 @@ class SeaweedFS:
         if body != b"ready":
             raise RuntimeError(f"probe object read back as {body!r}")
         client.delete_object(Bucket=READY_BUCKET, Key="probe")
+        # every bucket is a collection of volumes of its own: one that was being written
+        # when the server was killed comes back once its volumes are checked and writable
+        # again, which the probe bucket's say nothing of
+        for bucket in buckets:
+            client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"ready")
+            client.delete_object(Bucket=bucket, Key=PROBE_KEY)
 
     def _log_since(self, offset: int) -> str:
         try:
