@@ -651,7 +651,8 @@ cdef class Assembler:
         """Page-cache recycling: behind the hashed prefix, start the writeback of each
         finished ``RECYCLE_CHUNK`` and, one chunk later, wait for it and drop its pages
         (``POSIX_FADV_DONTNEED``). Those bytes are not read again (a local export is a
-        rename, the S3 exporter reads the file once), and writing into recycled pages costs
+        rename; a streamed S3 export turns recycling off and drops each part's pages after
+        uploading it), and writing into recycled pages costs
         the kernel far less than growing the page cache. Waiting a chunk behind means the
         writer rarely waits for the disk."""
         return self._recycle
