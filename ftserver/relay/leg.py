@@ -172,6 +172,7 @@ class UpstreamLeg(asyncio.Protocol):
         self._sent_at: dict[int, float] = {}
         self._accepted = False  # the CONNACK came (accepted or not)
         self._out: list[bytes] = []  # written at the end of this turn of the loop
+        self._keep_alive = connect.keep_alive  # seconds between PINGREQs (0: none)
         self._disconnect: Disconnect | None = None  # the broker's, when it sent one
 
     # -- asyncio -----------------------------------------------------------------------------
@@ -302,7 +303,10 @@ class UpstreamLeg(asyncio.Protocol):
                 self._accepted = self._open = True
                 self.relay.leg_opened()
                 self._broker_max = packet.properties.get("maximum_packet_size", 0)
-                self._start_keepalive()
+                # MQTT 5 §3.2.2.3.14: the broker's Server Keep Alive replaces ours
+                self._keep_alive = packet.properties.get("server_keep_alive", self._keep_alive)
+                if self._keep_alive:
+                    self._start_keepalive()
             else:
                 metrics.RELAY_CONNECT_FAILURES.labels(self.relay.worker, "refused").inc()
             listener.upstream_connected(self, packet)
@@ -360,7 +364,7 @@ class UpstreamLeg(asyncio.Protocol):
                 self.transport.abort()
 
     def _start_keepalive(self) -> None:
-        self._timer = self.loop.call_later(self.connect.keep_alive, self._keepalive)
+        self._timer = self.loop.call_later(self._keep_alive, self._keepalive)
 
     def _keepalive(self) -> None:
         self._timer = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 
 from relaybroker import Broker
@@ -111,3 +112,26 @@ def test_upload_finishes_after_the_broker_is_back(
     finally:
         second.close()
     assert find_export(relay.exports, cid, fid, "restart.bin").read_bytes() == data
+
+
+@relay_only
+def test_hung_broker_is_noticed_by_the_upstream_keep_alive(
+    own_broker: Callable[..., Broker],
+    make_relay: Callable[..., ServerProcess],
+    peers: Callable[..., Peer],
+    uid: str,
+) -> None:
+    """A broker that stops answering without closing anything (frozen with SIGSTOP): the
+    upstream leg's own PINGREQ goes unanswered, the leg is closed, and the device learns it
+    (the device's keep-alive towards ftserver alone would never tell)."""
+    broker = own_broker()
+    relay = make_relay(broker, "--set", "relay.keepalive=5s")
+    device = peers(relay.mqtt_port, f"{uid}-dev", version=5)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        # at most two keep-alive periods (one PINGREQ sent, none answered), with room to spare
+        assert device.wait_disconnected(timeout=30) == 0x80
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    assert "stopped answering PINGREQ" in relay.stderr()
