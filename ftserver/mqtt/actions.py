@@ -99,9 +99,11 @@ class OpenUpstream:
 
 @dataclass(frozen=True, slots=True)
 class SendUpstream:
-    """Relay mode: send this packet to the broker on the upstream leg, now."""
+    """Relay mode: send this packet to the broker on the upstream leg, now; ``raw``, when
+    given, is the packet already encoded (a PUBLISH passed on as the device sent it)."""
 
     packet: Packet
+    raw: memoryview | None = None
 
 
 @dataclass(frozen=True, slots=True)

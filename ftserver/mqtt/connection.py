@@ -269,9 +269,9 @@ class MqttConnection(asyncio.BufferedProtocol):
             case Send(data):
                 if self.transport is not None:
                     self.transport.write(data)
-            case SendUpstream(packet):
+            case SendUpstream(packet, raw):
                 if self._leg is not None:
-                    self._leg.send(packet)
+                    self._leg.send(packet, raw)
             case Close():
                 if self.transport is not None:
                     self.transport.close()

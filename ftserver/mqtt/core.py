@@ -101,6 +101,11 @@ class PacketSource(Protocol):
 
     def take_leading(self, take: Callable[[bytearray, int, int], int]) -> int: ...
 
+    @property
+    def raw_publish(self) -> memoryview | None:
+        """The whole of the last PUBLISH decoded, as received."""
+        ...
+
 
 @dataclass(slots=True)
 class _Done:
@@ -644,15 +649,19 @@ class SessionCore:
     def _relay_up(self, session: Session, p: Publish, topic: str) -> None:
         """Pass the client's PUBLISH to the broker; its acknowledgement comes back from there."""
         props = p.properties
+        # without a topic alias the packet goes up byte for byte as it came (same level,
+        # same flags, same packet identifier): no encoding
+        raw = self.source.raw_publish
         if "topic_alias" in props:
             props = {k: v for k, v in props.items() if k != "topic_alias"}  # type: ignore[assignment]
+            raw = None
         pid = p.packet_id
         if pid is not None:
             self._held += 1
             self._up_waiting.add(pid)
             if p.qos == 2:
                 session.qos2_received[pid] = None
-        self._up(Publish(topic, p.payload, p.qos, p.retain, p.dup, pid, props))
+        self.emit(SendUpstream(Publish(topic, p.payload, p.qos, p.retain, p.dup, pid, props), raw))
 
     def _relay_down(self, session: Session, p: Publish) -> None:
         """A message from the broker: to the client, under the client's Receive Maximum;

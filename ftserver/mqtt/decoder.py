@@ -118,6 +118,7 @@ _MAX_BODY_V311: Final[dict[int, int]] = {
     PacketType.DISCONNECT: 0,
 }
 _MAX_BODY_V5: Final[dict[int, int]] = {PacketType.PINGREQ: 0, PacketType.PINGRESP: 0}
+_PUBLISH: Final = int(PacketType.PUBLISH)
 
 #: Every valid SUBSCRIBE options byte decoded once (frozen, so shared between packets).
 _SUB_OPTIONS: Final = tuple(
@@ -596,6 +597,7 @@ class Decoder(_ReceiveBuffer):
         "_reader_level",
         "_server",
         "max_packet_size",
+        "raw_publish",
     )
 
     def __init__(
@@ -620,6 +622,8 @@ class Decoder(_ReceiveBuffer):
         self._error: ProtocolError | None = None
         self._first_ok = b""
         self._max_body: dict[int, int] = {}
+        #: the whole of the last PUBLISH decoded, as received (valid as long as its payload)
+        self.raw_publish: memoryview | None = None
         self._set_level(protocol_level)
 
     # -- state ---------------------------------------------------------------------------
@@ -685,6 +689,8 @@ class Decoder(_ReceiveBuffer):
             packet = decode(self, reader, first)
             if reader.pos != reader.end:
                 raise malformed("§2.1.4", f"{reader.end - reader.pos} bytes follow the last field")
+            if ptype == _PUBLISH:
+                self.raw_publish = self._view[start : start + total]
             if self._start == self._end:
                 self._drop()  # the packet keeps its payload's buffer alive as long as it needs
             return packet

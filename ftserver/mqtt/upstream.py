@@ -20,9 +20,10 @@ from ftserver.mqtt.packets import Connack, Connect, Disconnect, Packet
 class Upstream(Protocol):
     """One open upstream leg, as its device connection uses it."""
 
-    def send(self, packet: Packet) -> None:
+    def send(self, packet: Packet, raw: memoryview | None = None) -> None:
         """Encode ``packet`` at the leg's protocol level and write it to the broker now (a
-        PUBLISH payload may be a view valid only during the call)."""
+        PUBLISH payload may be a view valid only during the call); ``raw``, when given, is
+        ``packet`` already encoded, to be sent as it is."""
         ...
 
     def close(self, disconnect: Disconnect | None) -> None:

@@ -29,6 +29,7 @@ from ftserver.mqtt.packets import (
     Connect,
     Disconnect,
     Packet,
+    Payload,
     Pingresp,
     Puback,
     Publish,
@@ -43,8 +44,6 @@ _failure_log = RateLimitedLog(log, logging.WARNING)
 
 #: why an upstream CONNECT failed (the ``reason`` label of ftserver_relay_connect_failures_total)
 CONNECT_FAILURES = ("unreachable", "tls", "timeout", "refused", "closed")
-#: payloads from this size on are written after their header rather than joined to it
-SPLIT_WRITE = 16 * 1024
 #: one QoS 1/2 PUBLISH in this many has its time to the broker's acknowledgement observed
 LATENCY_SAMPLE = 8
 
@@ -225,13 +224,18 @@ class UpstreamLeg(asyncio.Protocol):
 
     # -- the device connection's view (ftserver.mqtt.upstream.Upstream) -----------------------
 
-    def send(self, packet: Packet) -> None:
+    def send(self, packet: Packet, raw: memoryview | None = None) -> None:
         tr = self.transport
         if tr is None or tr.is_closing():
             return
         if isinstance(packet, Publish):
-            header = codec.encode_publish_header(packet, self.level)
-            size = len(header) + len(packet.payload)
+            header: bytes | memoryview
+            payload: Payload
+            if raw is not None:  # as the device sent it
+                header, payload = raw, b""
+            else:
+                header, payload = codec.encode_publish_header(packet, self.level), packet.payload
+            size = len(header) + len(payload)
             if self._broker_max and size > self._broker_max:
                 self._too_large(packet)
                 return
@@ -242,12 +246,9 @@ class UpstreamLeg(asyncio.Protocol):
                 counts.sampled += 1
                 if counts.sampled % LATENCY_SAMPLE == 0:
                     self._sent_at[packet.packet_id] = time.monotonic()
-            if len(packet.payload) < SPLIT_WRITE:
-                self._queue(header + packet.payload)
-            else:  # a large payload goes out as it is, uncopied (after what waits)
-                self._write_out()
-                tr.write(header)
-                tr.write(packet.payload)
+            # copied: the views are the device connection's receive buffer, which is reused
+            # once this call returns, while the write may wait in the transport
+            self._queue(bytes(header) + payload)
             return
         self._queue(codec.encode(packet, self.level))
 

@@ -211,6 +211,19 @@ def test_qos1_publish_acknowledged_with_the_broker_code() -> None:
     assert puback.packet_id == 7 and puback.reason_code == 0x10
 
 
+def test_publish_without_alias_goes_up_as_it_came() -> None:
+    c = relay_client()
+    connected(c)
+    wire = mqtt5.PublishPacket(
+        "tele/t", b"21.5", qos=QOS1, packet_id=7, user_properties=[("u", "1")]
+    ).write()
+    (send,) = [a for a in c.feed(wire) if isinstance(a, SendUpstream)]
+    assert send.raw is not None and bytes(send.raw) == wire  # no encoding on the way up
+    aliased = mqtt5.PublishPacket("tele/a", b"1", topic_alias=3).write()
+    (send,) = [a for a in c.feed(aliased) if isinstance(a, SendUpstream)]
+    assert send.raw is None  # re-encoded without the alias
+
+
 def test_topic_alias_resolved_before_going_up() -> None:
     c = relay_client()
     connected(c)
