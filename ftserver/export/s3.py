@@ -97,13 +97,14 @@ from ftserver.export.layout import (
     s3_metadata,
 )
 from ftserver.export.s3expiry import collect_expired_s3
-from ftserver.export.s3stream import PartStreamer, TransferStream
+from ftserver.export.s3stream import Fenced, PartStreamer, TransferStream
 from ftserver.export.s3util import (
     is_gone,
     part_size_for,
     remember_abort,
     s3_error,
 )
+from ftserver.export.streaming import ADOPTED, Adoption
 from ftserver.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
 from ftserver.names import esc, unesc
 from ftserver.storage.journal import fsync_dir
@@ -739,6 +740,11 @@ class S3Exporter:
     def stream_discard(self, client_id: str, file_id: str) -> None:
         self.streamer.discard(client_id, file_id, self.pending_dir)
 
+    def stream_adopt(
+        self, client_id: str, file_id: str, meta: FileMeta | None
+    ) -> asyncio.Future[Adoption | None] | None:
+        return self.streamer.adopt(client_id, file_id, meta)
+
     @property
     def pending_dir(self) -> Path:
         return self.root / PENDING_ABORTS
@@ -784,7 +790,12 @@ class S3Exporter:
         metadata = object_metadata(client_id, file_id, meta, checksum)
         started = time.perf_counter()
         stream = self.streamer.streams.get((client_id, file_id))
+        # taken over from another node: the staging file lacks the bytes already in parts,
+        # so only the stream can finish it (never a whole-file upload)
+        adopted = await loop.run_in_executor(None, os.path.exists, data_path.parent / ADOPTED)
         try:
+            if adopted and (stream is None or stream.size != size or not await stream.usable()):
+                raise Fenced()
             if stream is not None and (
                 stream.size != size or stream.key != key or not await stream.usable()
             ):
@@ -792,7 +803,7 @@ class S3Exporter:
                 await self.streamer.end(stream, self.pending_dir)
                 stream = None
             if stream is not None:
-                await self._finish_stream(stream, metadata, checksum)
+                await self._finish_stream(stream, metadata, checksum, keep=adopted)
             else:
                 if size > self.cfg.part_size:  # what a stream that failed may have left
                     await self.streamer.drop_stored(client_id, file_id, self.pending_dir)
@@ -829,13 +840,17 @@ class S3Exporter:
         )
 
     async def _finish_stream(
-        self, stream: TransferStream, metadata: dict[str, str], checksum: str
+        self, stream: TransferStream, metadata: dict[str, str], checksum: str, *, keep: bool
     ) -> None:
-        """The fin of a streamed upload: the last part, the completion, the checksum."""
+        """The fin of a streamed upload: the last part, the completion, the checksum. When
+        it fails the upload is aborted (the fin sent again uploads the whole file), except
+        with ``keep`` (an adopted transfer, which has no whole file here: the next fin tries
+        the stream again) and when fenced (it is somebody else's)."""
         try:
             await stream.finish(metadata)
         except BaseException:
-            await asyncio.shield(self.streamer.end(stream, self.pending_dir))
+            if not keep or stream.fenced:
+                await asyncio.shield(self.streamer.end(stream, self.pending_dir))
             raise
         self.streamer.streams.pop((stream.client_id, stream.file_id), None)
         bucket = self._io.bucket

@@ -1,0 +1,168 @@
+"""Three ftserver nodes behind HAProxy (deploy/haproxy.cfg), exporting to one SeaweedFS
+bucket, devices uploading with ftserver's own uploader (docs/cluster.md).
+
+Scaled for CI on two cores: 9 devices with files of a bit over 3 parts of 5 MiB (the issue's
+30 devices with 64 MiB files take minutes of CPU here); what is checked does not depend on
+the size: every file in the bucket byte-identical with its metadata, the devices of the
+killed node resending at most the part they were in, nothing completed twice, no multipart
+upload left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+import time
+from typing import Any
+
+import pytest
+from clusterlib import PART, Node, wait_ready
+
+from ftserver.client import upload
+from ftserver.client.link import MqttSettings
+from ftserver.client.options import Timeouts
+
+SIZE = 3 * PART + 123_457
+SEGMENT = 256 * 1024
+DEVICES = 9
+
+
+class GatedFile(io.BytesIO):
+    """The device's file: segment reads at or past the middle wait for the gate (the hash
+    pass at the start reads bigger chunks and goes through)."""
+
+    def __init__(self, data: bytes, gate: threading.Event) -> None:
+        super().__init__(data)
+        self.gate = gate
+        self.reached = threading.Event()
+        self._size = len(data)
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        if n is not None and 0 < n <= SEGMENT and self.tell() >= self._size // 2:
+            self.reached.set()
+            self.gate.wait()
+        return super().read(n)
+
+
+def run_device(port: int, cid: str, version: int, mode: str, source: Any, out: dict[str, Any],
+               **fields: Any) -> None:  # fmt: skip
+    async def go() -> Any:
+        return await upload(
+            source,
+            mqtt=MqttSettings(port=port, client_id=cid, version=version, keepalive=5),
+            mode=mode,
+            segment_size=SEGMENT,
+            timeouts=Timeouts(command=10.0, reconnect=60.0, reconnect_backoff=(0.2, 1.0)),
+            **fields,
+        )
+
+    try:
+        out[cid] = asyncio.run(go())
+    except BaseException as exc:  # reported by the test
+        out[cid] = exc
+
+
+def home_of(nodes: list[Node], cid: str) -> list[str]:
+    """The nodes whose log names this client's connection."""
+    return [n.name for n in nodes if f"'{cid}'" in n.log() or f'"{cid}"' in n.log()]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="work in progress: HAProxy's balance hash on the client identifier falls back to "
+    "round robin here (the same device landed on two nodes); adoption itself is untested",
+)
+def test_node_killed_mid_upload(cluster: Any) -> None:
+    bucket, nodes, proxy, s3 = cluster
+    devices = [
+        (f"dev{i:02d}", 5 if i % 3 else 4, "async" if i % 2 else "sync") for i in range(DEVICES)
+    ]
+    # each device uploads a small file twice: both land on the same node
+    out: dict[str, Any] = {}
+    for round_ in (1, 2):
+        for cid, version, mode in devices:
+            run_device(proxy.port, cid, version, mode, io.BytesIO(b"x" * 1000), out,
+                       file_id=f"small{round_}", name=f"small{round_}.bin")  # fmt: skip
+            assert not isinstance(out[cid], BaseException), out[cid]
+    home: dict[str, str] = {}
+    for cid, _v, _m in devices:
+        found = home_of(nodes, cid)
+        assert len(found) == 1, (cid, found)
+        home[cid] = found[0]
+    by_node = {n.name: [c for c in home if home[c] == n.name] for n in nodes}
+    victim = max(nodes, key=lambda n: len(by_node[n.name]))
+    assert by_node[victim.name]
+
+    # the big files: every device stops at its middle until the victim is killed
+    gate = threading.Event()
+    files = {cid: os.urandom(SIZE) for cid, _v, _m in devices}
+    sources = {cid: GatedFile(files[cid], gate) for cid in files}
+    threads = []
+    for i, (cid, version, mode) in enumerate(devices):
+        fields: dict[str, Any] = {"file_id": f"big-{cid}", "name": f"{cid}.bin"}
+        fields["file_checksum"] = i % 2 == 0
+        t = threading.Thread(
+            target=run_device,
+            args=(proxy.port, cid, version, mode, sources[cid], out),
+            kwargs=fields,
+        )
+        t.start()
+        threads.append(t)
+    deadline = time.monotonic() + 120
+    for src in sources.values():
+        assert src.reached.wait(max(1.0, deadline - time.monotonic()))
+    # the victim's transfers have their first part in the bucket (its checkpoint says so)
+    for cid in by_node[victim.name]:
+        key = f".ftserver/transfers/{cid}/big-{cid}"
+        while True:
+            try:
+                doc = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+                if doc["hashed"] >= PART:
+                    assert doc["node"] == victim.name
+                    break
+            except s3.exceptions.NoSuchKey:
+                pass
+            assert time.monotonic() < deadline, f"no checkpoint for {cid}"
+            time.sleep(0.1)
+    victim.kill()
+    gate.set()
+    # the victim comes back while the others hold its devices' transfers
+    time.sleep(1.0)
+    victim.start()
+    wait_ready(victim)
+    for t in threads:
+        t.join(240)
+        assert not t.is_alive()
+
+    resent: dict[str, int] = {}
+    for cid, _v, _m in devices:
+        result = out[cid]
+        assert not isinstance(result, BaseException), (cid, result)
+        resent[cid] = result.bytes_resent
+        obj = s3.get_object(Bucket=bucket, Key=f"{cid}/big-{cid}/{cid}.bin")
+        body = obj["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(files[cid]).digest(), cid
+        meta = obj["Metadata"]
+        assert meta["clientid"] == cid and meta["fileid"] == f"big-{cid}"
+        assert json.loads(meta["filemeta"])["size"] == SIZE
+    moved = by_node[victim.name]
+    print(
+        f"\ncluster: {len(moved)} of {DEVICES} devices on the killed node; bytes resent per "
+        f"transfer (part {PART}): "
+        + ", ".join(f"{c}={resent[c]}" + ("*" if c in moved else "") for c in sorted(resent))
+    )
+    # at most the data not yet in an uploaded part: the part the device was in
+    for cid in moved:
+        assert resent[cid] <= PART, (cid, resent[cid])
+    # each file exported once, on one node
+    for cid, _v, _m in devices:
+        done = sum(len(re.findall(rf"exported '{cid}'/'big-{cid}' to s3", n.log())) for n in nodes)
+        assert done == 1, (cid, done)
+    # no transfer state left in the bucket
+    left = s3.list_objects_v2(Bucket=bucket, Prefix=".ftserver/transfers/").get("Contents", [])
+    assert [o["Key"] for o in left if "%expire" not in o["Key"]] == []
