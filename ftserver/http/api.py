@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import secrets
-import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,11 +66,6 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def default_node_name() -> str:
-    """The node name put in download URIs (EMQX puts its Erlang node name there)."""
-    return f"ftserver@{socket.gethostname()}"
-
-
 @dataclass
 class ApiContext:
     """What the API needs from the server process that hosts it."""
@@ -80,8 +74,13 @@ class ApiContext:
     data_dir: Path
     #: readiness beyond storage: True when every worker process is up
     workers_ready: Callable[[], bool] = field(default=lambda: True)
-    #: the ``node`` query parameter of download URIs (accepted and ignored on download)
-    node: str = field(default_factory=default_node_name)
+    #: the ``node`` query parameter of download URIs (accepted and ignored on download);
+    #: empty: ``ftserver@<server.node>`` (the host name by default)
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.node:
+            self.node = f"ftserver@{self.config.server.node_name}"
 
 
 _CTX: Final = web.AppKey("ftserver_api_ctx", ApiContext)

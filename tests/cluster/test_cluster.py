@@ -18,12 +18,14 @@ import os
 import re
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 from clusterlib import PART, Node, wait_ready
 
 from ftserver.client import upload
+from ftserver.client.api import FilesApi
 from ftserver.client.link import MqttSettings
 from ftserver.client.options import Timeouts
 
@@ -180,6 +182,18 @@ def test_node_killed_mid_upload(cluster: Any) -> None:
     for cid, _v, _m in devices:
         done = sum(len(re.findall(rf"exported '{cid}'/'big-{cid}' to s3", n.log())) for n in nodes)
         assert done == 1, (cid, done)
+    # every node lists every file (they are in the bucket), and says which node it is
+    everything = {(f"{cid}", f"{fid}") for cid, _v, _m in devices for fid in ("small1", "small2")}
+    everything |= {(cid, f"big-{cid}") for cid, _v, _m in devices}
+    for node in nodes:
+        api = FilesApi(f"http://127.0.0.1:{node.http}")
+        items = list(api.iter_files())
+        assert {(f["clientid"], f["fileid"]) for f in items} == everything, node.name
+        # S3 exports are downloaded from the bucket: a presigned URL, the same from any node
+        assert all(f["uri"].startswith("http://127.0.0.1:") and bucket in f["uri"] for f in items)
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.http}/metrics") as r:
+            exposition = r.read().decode()
+        assert f'ftserver_node_info{{node="{node.name}"}} 1.0' in exposition
     # no transfer state left in the bucket
     left = s3.list_objects_v2(Bucket=bucket, Prefix=".ftserver/transfers/").get("Contents", [])
     assert [o["Key"] for o in left if "%expire" not in o["Key"]] == []
