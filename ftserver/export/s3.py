@@ -68,7 +68,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -712,6 +712,8 @@ class S3Exporter:
         self.root = root
         self._io = _IoLoop(cfg)
         self.node = node or socket.gethostname()
+        #: a transfer's TTL after its last activity (the store sets its own clamps here)
+        self.stream_ttl: Callable[[FileMeta | None], float] = _default_ttl
         #: the files being uploaded while they arrive (:mod:`ftserver.export.s3stream`)
         self.streamer = PartStreamer(cfg, self.node, self._io.run, lambda: self._io.bucket)
 
@@ -999,12 +1001,26 @@ class S3Exporter:
                 cid, fid, name = parsed
                 d = self.transfer_dir(cid, fid)
                 await loop.run_in_executor(None, delete_export, d, name, self.root)
-        return len(keys)
+        stale = 0
+        try:
+            stale = await self._io.run(
+                self.streamer.collect_stale(now, self.stream_ttl, self.pending_dir)
+            )
+        except Exception as exc:
+            log.warning("s3: expired checkpoints not collected (%s)", _brief(exc))
+        return len(keys) + stale
 
     async def close(self) -> None:
         """Close the S3 client and stop its thread (streams stay in the bucket)."""
         await self.streamer.close_all()
         await asyncio.get_running_loop().run_in_executor(None, self._io.close)
+
+
+def _default_ttl(meta: FileMeta | None) -> float:
+    """A transfer's TTL without the store's clamps: its ``segments_ttl``, else one day."""
+    if meta is not None and meta.segments_ttl is not None:
+        return float(meta.segments_ttl)
+    return 86400.0
 
 
 def _brief(exc: BaseException) -> str:

@@ -433,6 +433,8 @@ class PartStreamer:
         self._tasks: set[asyncio.Future[Any]] = set()
         #: transfers looked for in the bucket and not found: when (monotonic)
         self._absent: dict[tuple[str, str], float] = {}
+        #: where the next pass of :meth:`collect_stale` lists from
+        self._stale_marker = ""
 
     def run(self, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
         return self._run(coro)
@@ -629,6 +631,72 @@ class PartStreamer:
                 ckpt.size,
             )
             return Adoption(adopted_meta, hashed, hash_state)
+
+    # -- expired checkpoints ----------------------------------------------------------------
+
+    async def collect_stale(
+        self, now: float, ttl_of: Callable[[FileMeta | None], float], pending: Path
+    ) -> int:
+        """On the S3 loop: one page of checkpoints (the pages rotate over the passes); each
+        one not written for longer than its transfer's TTL is deleted, on condition
+        ``If-Match`` of the ETag just read, and only the node whose delete succeeded aborts
+        its multipart upload: two collectors never both act on one (a transfer abandoned by
+        a node that died and whose devices never came back). Returns how many went."""
+        prefix = self.cfg.checkpoint_prefix
+        kwargs: dict[str, Any] = {"Bucket": self.cfg.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if self._stale_marker:
+            kwargs["Marker"] = self._stale_marker
+        answer = await self.client.list_objects(**kwargs)
+        contents = answer.get("Contents") or []
+        self._stale_marker = (
+            str(contents[-1]["Key"]) if answer.get("IsTruncated") and contents else ""
+        )
+        open_here = {stream.ckpt_key for stream in self.streams.values()}
+        removed = 0
+        for obj in contents:
+            key = str(obj["Key"])
+            if key.startswith(prefix + "%") or key in open_here:
+                continue  # expiry markers; a transfer open here (the store expires it)
+            found = await self.get_checkpoint(key)
+            if found is None:
+                continue
+            ckpt, etag = found
+            try:
+                meta: FileMeta | None = filemeta_from_obj(ckpt.meta)
+            except Exception:
+                meta = None
+            if ckpt.updated_at + ttl_of(meta) > now:
+                continue
+            try:
+                await self.put_checkpoint_delete(key, etag)
+            except Conflict:
+                continue  # written or collected by somebody else meanwhile
+            removed += 1
+            log.info(
+                "s3: checkpoint of %r/%r expired (node %r, idle %.0fs): upload aborted",
+                ckpt.client_id,
+                ckpt.file_id,
+                ckpt.node,
+                now - ckpt.updated_at,
+            )
+            try:
+                await self.abort(ckpt.key, ckpt.upload_id)
+            except Exception as exc:
+                log.warning("s3: cannot abort the upload of %r (%s)", ckpt.key, _describe(exc))
+                await asyncio.get_running_loop().run_in_executor(
+                    None, remember_abort, pending, self.cfg.bucket, ckpt.key, ckpt.upload_id
+                )
+        return removed
+
+    async def put_checkpoint_delete(self, key: str, etag: str) -> None:
+        """Delete a checkpoint on condition ``If-Match``; ``Conflict`` on 412 (or when it is
+        gone already: somebody else collected it)."""
+        try:
+            await self.client.delete_object(Bucket=self.cfg.bucket, Key=key, IfMatch=etag)
+        except Exception as exc:
+            if precondition_failed(exc) or is_gone(exc, "NoSuchKey", "NotFound"):
+                raise Conflict() from exc
+            raise
 
     # -- the store's hooks (store loop) ------------------------------------------------------
 

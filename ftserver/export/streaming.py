@@ -5,6 +5,7 @@ return at once (the work they start runs in the background)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -32,6 +33,10 @@ class Adoption:
 @runtime_checkable
 class Streaming(Protocol):
     """What the store tells an exporter that streams files while they arrive."""
+
+    #: a transfer's TTL after its last activity, from its init metadata (the store sets its
+    #: own, clamped one): checkpoints idle for longer are collected
+    stream_ttl: Callable[[FileMeta | None], float]
 
     def stream_open(
         self, client_id: str, file_id: str, meta: FileMeta, data_path: Path, asm: ftcore.Assembler

@@ -187,6 +187,8 @@ class TransferStore:
         self.exporter.root.mkdir(parents=True, exist_ok=True)
         #: the exporter, when it uploads files while they arrive (S3)
         self._stream = self.exporter if isinstance(self.exporter, Streaming) else None
+        if self._stream is not None:
+            self._stream.stream_ttl = self.ttl_of  # expired checkpoints: the same TTL
         self.durability: Durability = durability
         self.flush_bytes = flush_bytes
         self.ttl_min = ttl_min

@@ -124,7 +124,12 @@ def cluster(seaweed: SeaweedFS, tmp_path: Path, request: pytest.FixtureRequest) 
     s3 = seaweed.client()
     bucket = f"cluster-{abs(hash(request.node.name)) % 10**8}"
     s3.create_bucket(Bucket=bucket)
-    args = s3_args(seaweed, bucket, **{"export.part_size": PART, "export.request_timeout": "5s"})
+    settings = {
+        "export.part_size": PART,
+        "export.request_timeout": "5s",
+        "transfer.segments_gc_interval": "1s",
+    }
+    args = s3_args(seaweed, bucket, **settings)
     nodes = [Node(f"node{i}", tmp_path / f"data{i}", args) for i in (1, 2, 3)]
     for node in nodes:
         node.start()

@@ -22,12 +22,13 @@ import urllib.request
 from typing import Any
 
 import pytest
-from clusterlib import PART, Node, wait_ready
+from clusterlib import PART, Node, open_uploads, wait_ready
 
 from ftserver.client import upload
 from ftserver.client.api import FilesApi
 from ftserver.client.link import MqttSettings
 from ftserver.client.options import Timeouts
+from ftserver.export.checkpoint import Checkpoint
 
 SIZE = 3 * PART + 123_457
 SEGMENT = 256 * 1024
@@ -197,3 +198,36 @@ def test_node_killed_mid_upload(cluster: Any) -> None:
     # no transfer state left in the bucket
     left = s3.list_objects_v2(Bucket=bucket, Prefix=".ftserver/transfers/").get("Contents", [])
     assert [o["Key"] for o in left if "%expire" not in o["Key"]] == []
+
+
+def test_expired_checkpoints_collected_once(cluster: Any) -> None:
+    """A transfer abandoned by a node that never came back (its checkpoint not written for
+    longer than the TTL): the collectors of the three nodes abort its upload and delete its
+    checkpoint, exactly one of them (conditional delete)."""
+    bucket, nodes, _proxy, s3 = cluster
+    key, ckpt_key = "gone/f/a.bin", ".ftserver/transfers/gone/f"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etag = s3.upload_part(
+        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * PART
+    )["ETag"]
+    doc = json.loads(
+        Checkpoint(
+            "gone", "f", {"name": "a.bin", "size": 3 * PART}, key, 3 * PART, PART, upload_id,
+            "node9", parts={1: etag},
+        ).to_bytes()
+    )  # fmt: skip
+    # a fresh one (kept) and the same transfer idle for two days, longer than its TTL
+    fresh_key = ".ftserver/transfers/gone/g"
+    s3.put_object(Bucket=bucket, Key=fresh_key, Body=json.dumps(doc).encode())
+    doc["updated_at"] = time.time() - 2 * 86400
+    s3.put_object(Bucket=bucket, Key=ckpt_key, Body=json.dumps(doc).encode())
+    deadline = time.monotonic() + 60
+    while open_uploads(s3, bucket):
+        assert time.monotonic() < deadline, "the expired upload was not aborted"
+        time.sleep(0.2)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [fresh_key]
+    time.sleep(2.5)  # two more collector passes everywhere
+    acted = [n.name for n in nodes if "checkpoint of 'gone'/'f' expired" in n.log()]
+    assert len(acted) == 1, acted
+    s3.delete_object(Bucket=bucket, Key=fresh_key)
