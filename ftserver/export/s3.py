@@ -87,7 +87,7 @@ from ftserver.export.base import (
     Key,
     Redirect,
 )
-from ftserver.export.checkpoint import expiry_key
+from ftserver.export.checkpoint import Checkpoint, expiry_key
 from ftserver.export.collector import delete_export
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
@@ -981,6 +981,45 @@ class S3Exporter:
             return Redirect(await bucket.presign(fileref))
 
         return await self._ask(f"download of {fileref!r}", locate())
+
+    async def cluster_transfers(
+        self, after: str, limit: int
+    ) -> tuple[list[tuple[str, Checkpoint]], bool]:
+        """Transfers in progress across the cluster: up to ``limit`` checkpoints whose key
+        sorts after ``after``, in key order, and whether more follow."""
+
+        async def listing() -> tuple[list[tuple[str, Checkpoint]], bool]:
+            bucket = self._io.bucket
+            prefix = self.cfg.checkpoint_prefix
+            keys: list[str] = []
+            marker = after
+            more = False
+            while len(keys) <= limit:
+                kwargs: dict[str, Any] = {"Bucket": bucket.bucket, "Prefix": prefix}
+                kwargs["MaxKeys"] = min(1000, limit + 1 - len(keys))
+                if marker:
+                    kwargs["Marker"] = marker
+                answer = await bucket.client.list_objects(**kwargs)
+                contents = answer.get("Contents") or []
+                keys += [
+                    str(o["Key"]) for o in contents if not str(o["Key"]).startswith(prefix + "%")
+                ]
+                if not answer.get("IsTruncated") or not contents:
+                    break
+                marker = str(contents[-1]["Key"])
+            if len(keys) > limit:
+                keys, more = keys[:limit], True
+            sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+            async def one(key: str) -> tuple[str, Checkpoint] | None:
+                async with sem:
+                    found = await self.streamer.get_checkpoint(key)
+                return None if found is None else (key, found[0])
+
+            got = await asyncio.gather(*(one(k) for k in keys))
+            return [c for c in got if c is not None], more
+
+        return await self._ask("listing the transfers in progress", listing())
 
     async def collect_expired(self, now: float) -> int:
         """Delete the exports whose ``expire_at`` is before ``now`` (one pass over the

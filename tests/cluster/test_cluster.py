@@ -149,6 +149,22 @@ def test_node_killed_mid_upload(cluster: Any) -> None:
                 break  # adopted and finished already
             assert time.monotonic() < deadline + 120, f"{cid} not adopted"
             time.sleep(0.1)
+    # any node shows the transfers in progress across the cluster, from the checkpoints
+    alive = next(n for n in nodes if n is not victim)
+    url = f"http://127.0.0.1:{alive.http}/api/v5/file_transfer/cluster/transfers?limit=2"
+    listed: list[dict[str, Any]] = []
+    while url:
+        with urllib.request.urlopen(url) as r:
+            page = json.load(r)
+        listed += page["transfers"]
+        cursor = page.get("cursor")
+        url = f"{url.split('&')[0]}&following={cursor}" if cursor else ""
+    by_cid = {t["clientid"]: t for t in listed if t["fileid"].startswith("big-")}
+    for cid in by_node[victim.name]:
+        if cid in by_cid:  # (not when it finished meanwhile)
+            t = by_cid[cid]
+            assert t["node"] != victim.name and t["generation"] == 2, t
+            assert t["bytes_in_parts"] >= PART and t["expected_size"] == SIZE, t
     victim.start()
     wait_ready(victim)
     for t in threads:
