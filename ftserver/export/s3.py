@@ -1032,7 +1032,11 @@ class S3Exporter:
                 bucket.client, bucket.bucket, self.cfg.checkpoint_prefix, now
             )
 
-        keys = await self._io.run(collect())
+        try:
+            keys = await self._io.run(collect())
+        except Exception as exc:  # S3 away: the next pass tries again
+            log.warning("s3: expired exports not collected (%s)", _brief(exc))
+            return 0
         loop = asyncio.get_running_loop()
         for key in keys:
             parsed = parse_key(key)
