@@ -176,6 +176,15 @@ WORKER_RESTARTS = Counter(
 WORKERS_UP = Gauge(
     "ftserver_workers_up", "Worker processes running and ready.", multiprocess_mode="max"
 )
+#: the node's name (server.node) as a label of one series, not of every series: Prometheus'
+#: ``instance`` already tells the nodes apart; this joins it to the name the checkpoints,
+#: logs and HTTP API use (docs/cluster.md)
+NODE_INFO = Gauge(
+    "ftserver_node_info",
+    "Always 1; its label is this node's name in the cluster (server.node).",
+    ["node"],
+    multiprocess_mode="max",
+)
 
 CONNECTIONS_MAX = Gauge(
     "ftserver_connections_max",
@@ -295,6 +304,7 @@ ALL = [
     STAGING_FREE_BYTES,
     WORKER_RESTARTS,
     WORKERS_UP,
+    NODE_INFO,
     CONNECTIONS_MAX,
     PROCESS_CPU,
     PROCESS_RSS,

@@ -114,6 +114,7 @@ class Server:
         from ftserver import metrics  # only now: the multiprocess setting is in the env
 
         self.meter = meter = metrics.Meter(str(self.worker_id or 0))
+        metrics.NODE_INFO.labels(node=cfg.server.node_name).set(1)
         self.store = TransferStore(
             self.data_dir,
             durability="sync" if cfg.storage.durability == "sync" else "fast",

@@ -18,7 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen.run import raise_fd_limit
-from bench.macro import churn, fin, floors, relay, report, restart, scale, stalled, throughput
+from bench.macro import (
+    churn,
+    fin,
+    floors,
+    relay,
+    report,
+    restart,
+    s3_fin,
+    scale,
+    stalled,
+    throughput,
+)
 from bench.macro.common import Row, Settings
 
 SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -29,6 +40,7 @@ SCENARIOS: dict[str, Callable[[Settings], list[Row]]] = {
     "churn": churn.run,
     "restart": restart.run,
     "relay": relay.run,
+    "s3_fin": s3_fin.run,
 }
 
 

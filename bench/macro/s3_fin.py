@@ -1,6 +1,6 @@
 """Fin latency of S3 exports against the file's size: does the fin still grow with the file?
 
-    python -m bench.macro.s3_fin [--sizes-mib 64,512] [--repeat 2] [--part-mib 16]
+    python -m bench.macro.s3_fin [--sizes-mib 64,1024] [--repeat 2] [--part-mib 16]
                                  [--server-path DIR]
 
 Starts a SeaweedFS (``tests/s3/seaweed.py``: 127.0.0.1 only, telemetry off, SigV4) and a real
@@ -40,6 +40,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.macro.common import Row, Settings
 
 MiB = 1 << 20
 SEGMENT = 64 * 1024
@@ -112,15 +114,10 @@ def upload(port: int, cid: str, data: bytes, settle: Any) -> tuple[float, float]
     return latency, done - start
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--sizes-mib", default="64,512")
-    ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--part-mib", type=int, default=16)
-    ap.add_argument("--server-path", default=None)
-    args = ap.parse_args(argv)
-    sizes = [int(s) * MiB for s in args.sizes_mib.split(",")]
-    part = args.part_mib * MiB
+def measure(
+    sizes: list[int], repeat: int, part: int, server_path: str | None = None
+) -> dict[str, dict[str, list[float]]]:
+    """Fin latencies (seconds) by size in MiB and mode, ``repeat`` of each."""
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ftbench-s3fin-") as tmpname:
         tmp = Path(tmpname)
@@ -141,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"part_size = {part}\n"
             )
             os.chmod(config, 0o600)
-            proc, port = start_server(tmp / "ftdata", config, args.server_path)
+            proc, port = start_server(tmp / "ftdata", config, server_path)
             try:
                 for size in sizes:
                     data = os.urandom(size)
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     res = results.setdefault(
                         str(size // MiB), {"at_once": [], "settled": [], "total_at_once": []}
                     )
-                    for i in range(args.repeat):
+                    for i in range(repeat):
                         for mode in ("at_once", "settled"):
                             cid = f"b{size // MiB}-{mode}-{i}"
                             key = f"{cid}/f/big.bin"
@@ -191,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(60)
             assert seaweed.open_uploads(s3, bucket) == []
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sizes-mib", default="64,1024")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--part-mib", type=int, default=16)
+    ap.add_argument("--server-path", default=None)
+    args = ap.parse_args(argv)
+    sizes = [int(s) * MiB for s in args.sizes_mib.split(",")]
+    part = args.part_mib * MiB
+    results = measure(sizes, args.repeat, part, args.server_path)
     med = {
         s: {m: round(statistics.median(v) * 1e3, 1) for m, v in r.items()}
         for s, r in results.items()
@@ -209,6 +219,36 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def run(settings: Settings) -> list[Row]:
+    """The macro suite's case (``make bench-quick`` too): 64 MiB and 1 GiB, once each in quick
+    mode. Target (issue 15): the settled fin of 1 GiB under 500 ms, and no larger than the
+    64 MiB one by much (ratio near 1)."""
+    rows: list[Row] = []
+    sizes = [64 * MiB, 1024 * MiB]
+    reps = 1 if settings.quick else settings.repeat
+    for size in sizes:
+        settings.log(f"s3_fin: {size // MiB} MiB")
+    try:
+        results = measure(sizes, reps, 16 * MiB)
+    except Exception as exc:
+        row = Row("s3_fin", "64 MiB / 1 GiB", "ftserver")
+        row.errors.append(f"{type(exc).__name__}: {exc}")
+        return [row]
+    for size in sizes:
+        res = results[str(size // MiB)]
+        row = Row("s3_fin", f"{size // MiB} MiB", "ftserver")
+        for i in range(len(res["settled"])):
+            row.runs.append(
+                {
+                    "fin_settled_ms": res["settled"][i] * 1e3,
+                    "fin_at_once_ms": res["at_once"][i] * 1e3,
+                    "upload_s": res["total_at_once"][i],
+                }
+            )
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,7 +87,7 @@ from ftserver.export.base import (
     Key,
     Redirect,
 )
-from ftserver.export.checkpoint import expiry_key
+from ftserver.export.checkpoint import Checkpoint, expiry_key
 from ftserver.export.collector import delete_export
 from ftserver.export.layout import (
     MANIFEST_SUFFIX,
@@ -97,13 +97,14 @@ from ftserver.export.layout import (
     s3_metadata,
 )
 from ftserver.export.s3expiry import collect_expired_s3
-from ftserver.export.s3stream import PartStreamer, TransferStream
+from ftserver.export.s3stream import Fenced, PartStreamer, TransferStream
 from ftserver.export.s3util import (
     is_gone,
     part_size_for,
     remember_abort,
     s3_error,
 )
+from ftserver.export.streaming import ADOPTED, Adoption
 from ftserver.meta import FileMeta, JsonValue, check_name, filemeta_from_obj
 from ftserver.names import esc, unesc
 from ftserver.storage.journal import fsync_dir
@@ -711,6 +712,8 @@ class S3Exporter:
         self.root = root
         self._io = _IoLoop(cfg)
         self.node = node or socket.gethostname()
+        #: a transfer's TTL after its last activity (the store sets its own clamps here)
+        self.stream_ttl: Callable[[FileMeta | None], float] = _default_ttl
         #: the files being uploaded while they arrive (:mod:`ftserver.export.s3stream`)
         self.streamer = PartStreamer(cfg, self.node, self._io.run, lambda: self._io.bucket)
 
@@ -738,6 +741,11 @@ class S3Exporter:
 
     def stream_discard(self, client_id: str, file_id: str) -> None:
         self.streamer.discard(client_id, file_id, self.pending_dir)
+
+    def stream_adopt(
+        self, client_id: str, file_id: str, meta: FileMeta | None
+    ) -> asyncio.Future[Adoption | None] | None:
+        return self.streamer.adopt(client_id, file_id, meta)
 
     @property
     def pending_dir(self) -> Path:
@@ -784,7 +792,12 @@ class S3Exporter:
         metadata = object_metadata(client_id, file_id, meta, checksum)
         started = time.perf_counter()
         stream = self.streamer.streams.get((client_id, file_id))
+        # taken over from another node: the staging file lacks the bytes already in parts,
+        # so only the stream can finish it (never a whole-file upload)
+        adopted = await loop.run_in_executor(None, os.path.exists, data_path.parent / ADOPTED)
         try:
+            if adopted and (stream is None or stream.size != size or not await stream.usable()):
+                raise Fenced()
             if stream is not None and (
                 stream.size != size or stream.key != key or not await stream.usable()
             ):
@@ -792,7 +805,7 @@ class S3Exporter:
                 await self.streamer.end(stream, self.pending_dir)
                 stream = None
             if stream is not None:
-                await self._finish_stream(stream, metadata, checksum)
+                await self._finish_stream(stream, metadata, checksum, keep=adopted)
             else:
                 if size > self.cfg.part_size:  # what a stream that failed may have left
                     await self.streamer.drop_stored(client_id, file_id, self.pending_dir)
@@ -829,13 +842,17 @@ class S3Exporter:
         )
 
     async def _finish_stream(
-        self, stream: TransferStream, metadata: dict[str, str], checksum: str
+        self, stream: TransferStream, metadata: dict[str, str], checksum: str, *, keep: bool
     ) -> None:
-        """The fin of a streamed upload: the last part, the completion, the checksum."""
+        """The fin of a streamed upload: the last part, the completion, the checksum. When
+        it fails the upload is aborted (the fin sent again uploads the whole file), except
+        with ``keep`` (an adopted transfer, which has no whole file here: the next fin tries
+        the stream again) and when fenced (it is somebody else's)."""
         try:
             await stream.finish(metadata)
         except BaseException:
-            await asyncio.shield(self.streamer.end(stream, self.pending_dir))
+            if not keep or stream.fenced:
+                await asyncio.shield(self.streamer.end(stream, self.pending_dir))
             raise
         self.streamer.streams.pop((stream.client_id, stream.file_id), None)
         bucket = self._io.bucket
@@ -965,6 +982,45 @@ class S3Exporter:
 
         return await self._ask(f"download of {fileref!r}", locate())
 
+    async def cluster_transfers(
+        self, after: str, limit: int
+    ) -> tuple[list[tuple[str, Checkpoint]], bool]:
+        """Transfers in progress across the cluster: up to ``limit`` checkpoints whose key
+        sorts after ``after``, in key order, and whether more follow."""
+
+        async def listing() -> tuple[list[tuple[str, Checkpoint]], bool]:
+            bucket = self._io.bucket
+            prefix = self.cfg.checkpoint_prefix
+            keys: list[str] = []
+            marker = after
+            more = False
+            while len(keys) <= limit:
+                kwargs: dict[str, Any] = {"Bucket": bucket.bucket, "Prefix": prefix}
+                kwargs["MaxKeys"] = min(1000, limit + 1 - len(keys))
+                if marker:
+                    kwargs["Marker"] = marker
+                answer = await bucket.client.list_objects(**kwargs)
+                contents = answer.get("Contents") or []
+                keys += [
+                    str(o["Key"]) for o in contents if not str(o["Key"]).startswith(prefix + "%")
+                ]
+                if not answer.get("IsTruncated") or not contents:
+                    break
+                marker = str(contents[-1]["Key"])
+            if len(keys) > limit:
+                keys, more = keys[:limit], True
+            sem = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+            async def one(key: str) -> tuple[str, Checkpoint] | None:
+                async with sem:
+                    found = await self.streamer.get_checkpoint(key)
+                return None if found is None else (key, found[0])
+
+            got = await asyncio.gather(*(one(k) for k in keys))
+            return [c for c in got if c is not None], more
+
+        return await self._ask("listing the transfers in progress", listing())
+
     async def collect_expired(self, now: float) -> int:
         """Delete the exports whose ``expire_at`` is before ``now`` (one pass over the
         expiry markers: :mod:`ftserver.export.s3expiry`), with their local index entries
@@ -976,7 +1032,11 @@ class S3Exporter:
                 bucket.client, bucket.bucket, self.cfg.checkpoint_prefix, now
             )
 
-        keys = await self._io.run(collect())
+        try:
+            keys = await self._io.run(collect())
+        except Exception as exc:  # S3 away: the next pass tries again
+            log.warning("s3: expired exports not collected (%s)", _brief(exc))
+            return 0
         loop = asyncio.get_running_loop()
         for key in keys:
             parsed = parse_key(key)
@@ -984,12 +1044,26 @@ class S3Exporter:
                 cid, fid, name = parsed
                 d = self.transfer_dir(cid, fid)
                 await loop.run_in_executor(None, delete_export, d, name, self.root)
-        return len(keys)
+        stale = 0
+        try:
+            stale = await self._io.run(
+                self.streamer.collect_stale(now, self.stream_ttl, self.pending_dir)
+            )
+        except Exception as exc:
+            log.warning("s3: expired checkpoints not collected (%s)", _brief(exc))
+        return len(keys) + stale
 
     async def close(self) -> None:
         """Close the S3 client and stop its thread (streams stay in the bucket)."""
         await self.streamer.close_all()
         await asyncio.get_running_loop().run_in_executor(None, self._io.close)
+
+
+def _default_ttl(meta: FileMeta | None) -> float:
+    """A transfer's TTL without the store's clamps: its ``segments_ttl``, else one day."""
+    if meta is not None and meta.segments_ttl is not None:
+        return float(meta.segments_ttl)
+    return 86400.0
 
 
 def _brief(exc: BaseException) -> str:

@@ -68,7 +68,8 @@ from ftserver.export.s3util import (
     remember_abort,
     s3_error,
 )
-from ftserver.meta import FileMeta
+from ftserver.export.streaming import Adoption
+from ftserver.meta import FileMeta, filemeta_from_obj
 
 __all__ = ["Fenced", "PartStreamer", "TransferStream", "part_bytes"]
 
@@ -78,6 +79,11 @@ log = logging.getLogger(__name__)
 
 #: a failed part is retried no sooner than this after its failure (until the fin)
 RETRY_AFTER = 2.0
+#: a transfer found without a checkpoint is not looked for again for this long
+NEGATIVE_TTL = 2.0
+#: how long an adoption waits for a checkpoint in state ``completing`` to go (the owner
+#: completes the upload), then answers ``s3_unavailable`` (the device resends later)
+COMPLETING_WAIT = 10.0
 
 
 class Fenced(StorageError):
@@ -425,6 +431,10 @@ class PartStreamer:
         self._bucket = bucket
         self.streams: dict[tuple[str, str], TransferStream] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: transfers looked for in the bucket and not found: when (monotonic)
+        self._absent: dict[tuple[str, str], float] = {}
+        #: where the next pass of :meth:`collect_stale` lists from
+        self._stale_marker = ""
 
     def run(self, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
         return self._run(coro)
@@ -530,6 +540,163 @@ class PartStreamer:
         except Exception as exc:
             if not (precondition_failed(exc) or is_gone(exc, "NoSuchKey", "NotFound")):
                 raise
+
+    # -- adoption ----------------------------------------------------------------------------
+
+    def adopt(
+        self, client_id: str, file_id: str, meta: FileMeta | None
+    ) -> asyncio.Future[Adoption | None] | None:
+        """Look for a transfer's checkpoint and take it over (store loop; see
+        :meth:`ftserver.export.streaming.Streaming.stream_adopt`)."""
+        if meta is not None and (meta.size is None or meta.size <= self.cfg.part_size):
+            return None  # an init of a file that is never streamed
+        now = time.monotonic()
+        if len(self._absent) > 4096:
+            self._absent = {k: t for k, t in self._absent.items() if now - t < NEGATIVE_TTL}
+        key = (client_id, file_id)
+        when = self._absent.get(key)
+        if when is not None and now - when < NEGATIVE_TTL:
+            return None
+        fut = asyncio.ensure_future(self._adopt_or_not(client_id, file_id, meta))
+
+        def found(f: asyncio.Future[Adoption | None]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result() is None:
+                self._absent[key] = time.monotonic()
+
+        fut.add_done_callback(found)
+        return fut
+
+    async def _adopt_or_not(
+        self, client_id: str, file_id: str, meta: FileMeta | None
+    ) -> Adoption | None:
+        """:meth:`_adopt`; when S3 cannot answer, the transfer is handled as unknown here, as
+        without a cluster (the device resends what this node lacks)."""
+        try:
+            return await self.run(self._adopt(client_id, file_id, meta))
+        except Exception as exc:
+            log.warning(
+                "s3: no checkpoint lookup for %r/%r (%s): handled as a new transfer",
+                client_id,
+                file_id,
+                _describe(exc),
+            )
+            return None
+
+    async def _adopt(self, client_id: str, file_id: str, meta: FileMeta | None) -> Adoption | None:
+        """On the S3 loop: read the checkpoint; when it is streaming, write it back as ours
+        (generation + 1, the parts beyond its hashed prefix dropped) on condition that nobody
+        wrote it since we read it; a 412 means somebody else did: look again."""
+        key = checkpoint_key(self.cfg.checkpoint_prefix, client_id, file_id)
+        deadline = time.monotonic() + COMPLETING_WAIT
+        while True:
+            found = await self.get_checkpoint(key)
+            if found is None:
+                return None
+            ckpt, etag = found
+            if meta is not None and ckpt.meta != meta.to_json_obj():
+                return None  # another transfer under these ids: the init replaces it
+            if ckpt.state == "completing":
+                # the owner completes the upload: wait for the checkpoint to go
+                if time.monotonic() > deadline:
+                    raise StorageError("s3_unavailable")
+                await asyncio.sleep(0.25)
+                continue
+            try:
+                adopted_meta = filemeta_from_obj(ckpt.meta)
+            except Exception as exc:
+                log.warning("s3: checkpoint %r has unusable metadata (%s)", key, exc)
+                return None
+            part = ckpt.part_size
+            hashed = ckpt.hashed
+            if hashed != ckpt.size and hashed % part:
+                hashed = 0  # not at a part boundary: not a state we can continue from
+            hash_state = ftcore.RollingSha256().dumps() if hashed == 0 else ckpt.hash_state
+            kept = -(-hashed // part)
+            ckpt.parts = {n: e for n, e in ckpt.parts.items() if n <= kept}
+            ckpt.hashed, ckpt.hash_state = hashed, hash_state
+            previous = (ckpt.node, ckpt.generation)
+            ckpt.node = self.node
+            ckpt.generation += 1
+            try:
+                await self.put_checkpoint(key, ckpt.to_bytes(), etag)
+            except Conflict:
+                continue  # somebody else wrote it meanwhile: look again
+            log.info(
+                "s3: took over %r/%r from node %r (generation %d): %d of %d bytes in parts",
+                client_id,
+                file_id,
+                previous[0],
+                ckpt.generation,
+                hashed,
+                ckpt.size,
+            )
+            return Adoption(adopted_meta, hashed, hash_state)
+
+    # -- expired checkpoints ----------------------------------------------------------------
+
+    async def collect_stale(
+        self, now: float, ttl_of: Callable[[FileMeta | None], float], pending: Path
+    ) -> int:
+        """On the S3 loop: one page of checkpoints (the pages rotate over the passes); each
+        one not written for longer than its transfer's TTL is deleted, on condition
+        ``If-Match`` of the ETag just read, and only the node whose delete succeeded aborts
+        its multipart upload: two collectors never both act on one (a transfer abandoned by
+        a node that died and whose devices never came back). Returns how many went."""
+        prefix = self.cfg.checkpoint_prefix
+        kwargs: dict[str, Any] = {"Bucket": self.cfg.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if self._stale_marker:
+            kwargs["Marker"] = self._stale_marker
+        answer = await self.client.list_objects(**kwargs)
+        contents = answer.get("Contents") or []
+        self._stale_marker = (
+            str(contents[-1]["Key"]) if answer.get("IsTruncated") and contents else ""
+        )
+        open_here = {stream.ckpt_key for stream in self.streams.values()}
+        removed = 0
+        for obj in contents:
+            key = str(obj["Key"])
+            if key.startswith(prefix + "%") or key in open_here:
+                continue  # expiry markers; a transfer open here (the store expires it)
+            found = await self.get_checkpoint(key)
+            if found is None:
+                continue
+            ckpt, etag = found
+            try:
+                meta: FileMeta | None = filemeta_from_obj(ckpt.meta)
+            except Exception:
+                meta = None
+            if ckpt.updated_at + ttl_of(meta) > now:
+                continue
+            try:
+                await self.put_checkpoint_delete(key, etag)
+            except Conflict:
+                continue  # written or collected by somebody else meanwhile
+            removed += 1
+            log.info(
+                "s3: checkpoint of %r/%r expired (node %r, idle %.0fs): upload aborted",
+                ckpt.client_id,
+                ckpt.file_id,
+                ckpt.node,
+                now - ckpt.updated_at,
+            )
+            try:
+                await self.abort(ckpt.key, ckpt.upload_id)
+            except Exception as exc:
+                log.warning("s3: cannot abort the upload of %r (%s)", ckpt.key, _describe(exc))
+                await asyncio.get_running_loop().run_in_executor(
+                    None, remember_abort, pending, self.cfg.bucket, ckpt.key, ckpt.upload_id
+                )
+        return removed
+
+    async def put_checkpoint_delete(self, key: str, etag: str) -> None:
+        """Delete a checkpoint on condition ``If-Match``; ``Conflict`` on 412 (or when it is
+        gone already: somebody else collected it)."""
+        try:
+            await self.client.delete_object(Bucket=self.cfg.bucket, Key=key, IfMatch=etag)
+        except Exception as exc:
+            if precondition_failed(exc) or is_gone(exc, "NoSuchKey", "NotFound"):
+                raise Conflict() from exc
+            raise
 
     # -- the store's hooks (store loop) ------------------------------------------------------
 

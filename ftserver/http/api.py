@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import secrets
-import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,11 +66,6 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def default_node_name() -> str:
-    """The node name put in download URIs (EMQX puts its Erlang node name there)."""
-    return f"ftserver@{socket.gethostname()}"
-
-
 @dataclass
 class ApiContext:
     """What the API needs from the server process that hosts it."""
@@ -80,8 +74,13 @@ class ApiContext:
     data_dir: Path
     #: readiness beyond storage: True when every worker process is up
     workers_ready: Callable[[], bool] = field(default=lambda: True)
-    #: the ``node`` query parameter of download URIs (accepted and ignored on download)
-    node: str = field(default_factory=default_node_name)
+    #: the ``node`` query parameter of download URIs (accepted and ignored on download);
+    #: empty: ``ftserver@<server.node>`` (the host name by default)
+    node: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.node:
+            self.node = f"ftserver@{self.config.server.node_name}"
 
 
 _CTX: Final = web.AppKey("ftserver_api_ctx", ApiContext)
@@ -342,6 +341,38 @@ async def _list_transfers(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _cluster_transfers(request: web.Request) -> web.Response:
+    """Transfers in progress on every node of the cluster, from their checkpoints in the
+    bucket (S3 export only; docs/cluster.md)."""
+    exporter = request.app[_EXPORTER]
+    lister = getattr(exporter, "cluster_transfers", None)
+    if lister is None:
+        raise ApiError(404, "NOT_A_CLUSTER", "Transfers across nodes need the S3 exporter")
+    limit = _limit(request)
+    after = _following(request, "c", 1)
+    found, more = await lister(after[0] if after else "", limit)
+    items: list[JsonValue] = []
+    for _key, c in found:
+        done = sum(min(c.part_size, c.size - (n - 1) * c.part_size) for n in c.parts)
+        items.append(
+            {
+                "clientid": c.client_id,
+                "fileid": c.file_id,
+                "name": c.meta.get("name"),
+                "expected_size": c.size,
+                "bytes_in_parts": done,
+                "node": c.node,
+                "generation": c.generation,
+                "state": c.state,
+                "last_activity": _rfc3339(c.updated_at),
+            }
+        )
+    body: dict[str, JsonValue] = {"transfers": items}
+    if more and found:
+        body["cursor"] = encode_cursor("c", (found[-1][0],))
+    return web.json_response(body)
+
+
 # --------------------------------------------------------------------------------------------
 # download
 
@@ -424,4 +455,5 @@ def build_app(ctx: ApiContext) -> web.Application:
     r.add_delete(f"{ft}/files/{{clientid}}/{{fileid}}", _delete_transfer_files)
     r.add_get(f"{ft}/file", _download, allow_head=True)
     r.add_get(f"{ft}/transfers", _list_transfers, allow_head=False)
+    r.add_get(f"{ft}/cluster/transfers", _cluster_transfers, allow_head=False)
     return app

@@ -216,6 +216,21 @@ OPENAPI: Final[dict[str, Any]] = {
                 },
             }
         },
+        "/api/v5/file_transfer/cluster/transfers": {
+            "get": {
+                "tags": ["file_transfer"],
+                "summary": "List transfers in progress on every node",
+                "description": "Streamed S3 transfers in progress across the cluster, from "
+                "their checkpoints in the bucket (S3 export only), paged like the file list.",
+                "parameters": _PAGE_PARAMS,
+                "responses": {
+                    "200": _json("A page of transfers.", "ClusterTransfersPage"),
+                    "400": _BAD_REQUEST,
+                    "401": _UNAUTHORIZED,
+                    "404": _error("The exporter is not S3.", "NOT_A_CLUSTER"),
+                },
+            }
+        },
     },
     "components": {
         "securitySchemes": {
@@ -335,6 +350,42 @@ OPENAPI: Final[dict[str, Any]] = {
                     "bytes_received": {"type": "integer"},
                     "expected_size": {"type": "integer", "nullable": True},
                     "last_activity": {"type": "string", "format": "date-time"},
+                },
+            },
+            "ClusterTransferItem": {
+                "type": "object",
+                "required": [
+                    "clientid",
+                    "fileid",
+                    "name",
+                    "expected_size",
+                    "bytes_in_parts",
+                    "node",
+                    "generation",
+                    "state",
+                    "last_activity",
+                ],
+                "properties": {
+                    "clientid": {"type": "string"},
+                    "fileid": {"type": "string"},
+                    "name": {"type": "string", "nullable": True},
+                    "expected_size": {"type": "integer"},
+                    "bytes_in_parts": {"type": "integer"},
+                    "node": {"type": "string"},
+                    "generation": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["streaming", "completing"]},
+                    "last_activity": {"type": "string", "format": "date-time"},
+                },
+            },
+            "ClusterTransfersPage": {
+                "type": "object",
+                "required": ["transfers"],
+                "properties": {
+                    "transfers": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ClusterTransferItem"},
+                    },
+                    "cursor": {"type": "string"},
                 },
             },
             "TransfersPage": {

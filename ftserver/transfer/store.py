@@ -51,7 +51,7 @@ from ftserver.errors import (
 )
 from ftserver.export.base import Exporter, ExportInfo
 from ftserver.export.local import LocalExporter
-from ftserver.export.streaming import Streaming
+from ftserver.export.streaming import ADOPTED, Adoption, Streaming
 from ftserver.meta import FileMeta
 from ftserver.storage import gc, staging
 from ftserver.storage import journal as jr
@@ -81,6 +81,7 @@ class Transfer:
         "close_after_export",
         "dir",
         "file_id",
+        "floor",
         "journal",
         "last_activity",
         "lock_fd",
@@ -117,6 +118,9 @@ class Transfer:
         #: paused (its client left, or it was reopened from disk by a later connection): the
         #: time of its last activity before; 0.0 when not paused
         self.paused_since = 0.0
+        #: adopted from another node (docs/cluster.md): bytes below this are in uploaded
+        #: parts, not in the data file; segments resent over them are acknowledged, ignored
+        self.floor = 0
 
     @property
     def key(self) -> Key:
@@ -183,6 +187,8 @@ class TransferStore:
         self.exporter.root.mkdir(parents=True, exist_ok=True)
         #: the exporter, when it uploads files while they arrive (S3)
         self._stream = self.exporter if isinstance(self.exporter, Streaming) else None
+        if self._stream is not None:
+            self._stream.stream_ttl = self.ttl_of  # expired checkpoints: the same TTL
         self.durability: Durability = durability
         self.flush_bytes = flush_bytes
         self.ttl_min = ttl_min
@@ -221,13 +227,17 @@ class TransferStore:
     def staging_dir(self, client_id: str, file_id: str) -> Path:
         return staging.transfer_dir(self.staging, client_id, file_id)
 
-    def get(self, client_id: str, file_id: str) -> Transfer | ExportInfo | None:
+    def get(
+        self, client_id: str, file_id: str, meta: FileMeta | None = None
+    ) -> Transfer | ExportInfo | None:
         """The open transfer, its finished export, or None when nothing is known of it.
 
         Raises ``TransferBusy`` when the transfer is open in another process, or staged on
         disk and not open here: then its recovery starts in a thread, ``ready`` is that
         recovery, and the command is to be run again once it is done. The command that runs
-        first after a failed recovery gets its error.
+        first after a failed recovery gets its error. With a streaming exporter, a transfer
+        not known here at all is looked for in the bucket (``meta``: the init's, when an init
+        asks): taking it over is a recovery too (docs/cluster.md, "Adoption").
         """
         key = (client_id, file_id)
         t = self._open.pop(key, None)
@@ -262,7 +272,50 @@ class TransferStore:
         info = self.exporter.lookup(client_id, file_id)
         if info is not None:
             self._remember_export(info)
+        elif self._stream is not None:
+            lookup = self._stream.stream_adopt(client_id, file_id, meta)
+            if lookup is not None:
+                fut = asyncio.ensure_future(self._adopt(key, lookup))
+                self._recovering[key] = fut
+                fut.add_done_callback(functools.partial(self._recovered, key))
+                raise TransferBusy(ready=fut)
         return info
+
+    async def _adopt(self, key: Key, lookup: asyncio.Future[Adoption | None]) -> Recovered:
+        """Stage a transfer taken over from the bucket (None: there was nothing to take)."""
+        adoption = await lookup
+        if adoption is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._stage_adopted, key, adoption
+        )
+
+    def _stage_adopted(self, key: Key, adoption: Adoption) -> Transfer:
+        """A staging directory whose ``[0, hashed)`` is marked received without its bytes,
+        the hash adopted there (executor thread)."""
+        client_id, file_id = key
+        d = self.staging_dir(client_id, file_id)
+        sync = self.durability == "sync"
+        asm, journal = staging.create(
+            d, sync=sync, boot_id=self.boot_id(), meta=adoption.meta.to_json_bytes()
+        )
+        try:
+            with storage_errors():
+                (d / ADOPTED).write_text(f"{adoption.hashed}\n")
+                if adoption.hashed:
+                    asm.mark(0, adoption.hashed, absorb=False)
+                    asm.adopt_hash(adoption.hash_state)
+                    journal.add_run(0, adoption.hashed, state=asm.hash_state, synced=sync)
+                journal.write()
+        except BaseException:
+            asm.close()
+            journal.close()
+            staging.remove(d)
+            raise
+        asm.recycle = self.recycle
+        t = Transfer(client_id, file_id, d, asm, journal, adoption.meta, -1)
+        t.floor = adoption.hashed
+        return t
 
     def _remember_export(self, info: ExportInfo) -> None:
         key = (info.client_id, info.file_id)
@@ -365,7 +418,7 @@ class TransferStore:
         return self._exports.get((client_id, file_id))
 
     def init(self, client_id: str, file_id: str, meta: FileMeta) -> None:
-        got = self.get(client_id, file_id)
+        got = self.get(client_id, file_id, meta)
         if isinstance(got, ExportInfo):
             if got.meta != meta:
                 raise FileMetaConflict()
@@ -410,6 +463,12 @@ class TransferStore:
         t.last_activity = time.time()
         if t.paused_since:
             self._resumed(t)
+        if offset < t.floor:
+            # resent over bytes already in uploaded parts (adopted): acknowledged, ignored;
+            # comparing them with the data file, which lacks them, would reset the hash
+            cut = min(t.floor - offset, len(data))
+            offset += cut
+            data = data[cut:]
         n = len(data)
         if n == 0:
             return
@@ -609,21 +668,41 @@ class TransferStore:
     async def _export(self, t: Transfer, size: int, checksum: bytes | None) -> ExportInfo:
         try:
             return await self._export_steps(t, size, checksum)
-        except Exception as exc:
-            log.info(
-                "transfer failed",
-                extra={
-                    "event": "failed",
-                    "clientId": t.client_id,
-                    "fileId": t.file_id,
-                    "size": size,
-                    "reason": exc.description if isinstance(exc, FtError) else "internal_error",
-                },
+        except StorageError as exc:
+            if exc.description != "s3_transfer_taken_over":
+                self._log_failed(t, size, exc)
+                raise
+            # another node holds the transfer now: ours must neither complete nor upload it
+            # whole. Dropped here (nothing in S3 is touched): a fin sent again finds nothing
+            # here, so this node takes the transfer back from the bucket (generation + 1) and
+            # answers what is missing beyond its uploaded parts
+            log.warning(
+                "transfer %r/%r is held by another node: local copy dropped",
+                t.client_id,
+                t.file_id,
             )
+            self._log_failed(t, size, exc)
+            if self._open.get(t.key) is t:
+                self._discard(t)
+            raise
+        except Exception as exc:
+            self._log_failed(t, size, exc)
             raise
         finally:
             if t.close_after_export and self._open.get(t.key) is t:
                 self._close_one(t)  # the client lives in another worker now
+
+    def _log_failed(self, t: Transfer, size: int, exc: Exception) -> None:
+        log.info(
+            "transfer failed",
+            extra={
+                "event": "failed",
+                "clientId": t.client_id,
+                "fileId": t.file_id,
+                "size": size,
+                "reason": exc.description if isinstance(exc, FtError) else "internal_error",
+            },
+        )
 
     async def _export_steps(self, t: Transfer, size: int, checksum: bytes | None) -> ExportInfo:
         assert t.meta is not None
@@ -1025,6 +1104,8 @@ def _recover_locked(
     asm, journal = reopen(d, replay, what, boot_id=boot_id, recycle=recycle)
     t = Transfer(client_id, file_id, d, asm, journal, meta, lock)
     t.last_activity = replay.last_activity  # what came before (the store updates it)
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        t.floor = int((d / ADOPTED).read_text())
     return t
 
 
