@@ -167,6 +167,14 @@ class StorageFull(Pause):
     http_status = 507
 
 
+class BackendUnavailable(Pause):
+    """The export's destination (S3) cannot be reached, broke the connection, timed out or
+    says it is overloaded: nothing is wrong with the transfer, whose data stays staged; the
+    device waits and sends the fin again (a 0x80 would make it give up)."""
+
+    default_description = "s3_unavailable"
+
+
 class QuotaExceeded(Pause):
     default_description = "quota_exceeded"
     http_status = 429

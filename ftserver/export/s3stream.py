@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 
 import ftcore
 from ftserver.config import ExportConfig
-from ftserver.errors import StorageError
+from ftserver.errors import BackendUnavailable, StorageError
 from ftserver.export.checkpoint import Checkpoint, checkpoint_key
 from ftserver.export.layout import s3_key
 from ftserver.export.s3util import (
@@ -383,7 +383,7 @@ class TransferStream:
     async def finish(self, metadata: dict[str, str]) -> None:
         """Upload what is left and complete the upload (the caller aborts on failure)."""
         if not await asyncio.shield(self.opened) or self.fenced:
-            raise Fenced() if self.fenced else StorageError("s3_unavailable")
+            raise Fenced() if self.fenced else BackendUnavailable()
         for _attempt in range(2):
             if self.running:
                 await asyncio.gather(*self.running.values(), return_exceptions=True)
@@ -598,7 +598,7 @@ class PartStreamer:
             if ckpt.state == "completing":
                 # the owner completes the upload: wait for the checkpoint to go
                 if time.monotonic() > deadline:
-                    raise StorageError("s3_unavailable")
+                    raise BackendUnavailable()
                 await asyncio.sleep(0.25)
                 continue
             try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from ftserver.config import S3_MAX_PART
-from ftserver.errors import StorageError
+from ftserver.errors import BackendUnavailable, StorageError
 
 __all__ = [
     "MAX_PARTS",
@@ -35,7 +35,7 @@ def _snake(code: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower()[:48]
 
 
-def s3_error(exc: BaseException) -> StorageError:
+def s3_error(exc: BaseException) -> StorageError | BackendUnavailable:
     """The :class:`StorageError` that tells a client (and the log) what went wrong with S3.
 
     - an error answer from S3: ``s3_`` + its code in snake case (``NoSuchBucket`` →
@@ -60,12 +60,12 @@ def s3_error(exc: BaseException) -> StorageError:
         if not code or code.isdigit():
             return StorageError(f"s3_http_{code or status or 'error'}")
         if code in ("SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"):
-            return StorageError("s3_unavailable")
+            return BackendUnavailable()
         return StorageError("s3_" + (_snake(code) or "error"))
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return StorageError("s3_no_credentials")
     if isinstance(exc, bx.HTTPClientError | bx.ConnectionError | TimeoutError):
-        return StorageError("s3_unavailable")
+        return BackendUnavailable()
     if isinstance(exc, bx.BotoCoreError):
         return StorageError("s3_error")
     return StorageError("s3_error")

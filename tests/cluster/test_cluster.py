@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from clusterlib import PART, Node, open_uploads, wait_ready
 
+from ftharness import metric, scrape
 from ftserver.client import upload
 from ftserver.client.api import FilesApi
 from ftserver.client.link import MqttSettings
@@ -270,10 +271,11 @@ def test_expired_checkpoints_collected_once(cluster: Any) -> None:
 def test_s3_outage_during_uploads(cluster: Any, seaweed: Any) -> None:
     """SeaweedFS stops before the devices start their files through HAProxy: each node's
     checkpoint lookup fails (the transfer is handled as new there), the streams cannot
-    start, the segments are acknowledged all the same; S3 comes back before the devices'
-    last segment and fin: every file is exported whole at fin, byte-identical, and nothing
-    is left behind (no upload, no checkpoint), nor a traceback in the nodes' logs."""
-    bucket, _nodes, proxy, s3 = cluster
+    start, the segments are acknowledged all the same; the fins, sent while S3 is still
+    away, are answered 0x97 ``s3_unavailable`` and the devices pause; S3 comes back, the
+    devices send their fins again: every file is exported whole at fin, byte-identical, and
+    nothing is left behind (no upload, no checkpoint), nor a traceback in the nodes' logs."""
+    bucket, nodes, proxy, s3 = cluster
     gate = threading.Event()
     files = {f"out{i}": os.urandom(2 * PART + 777) for i in range(4)}
     sources = {cid: TailGated(data, gate) for cid, data in files.items()}
@@ -290,13 +292,26 @@ def test_s3_outage_during_uploads(cluster: Any, seaweed: Any) -> None:
         threads.append(t)
     for src in sources.values():
         assert src.reached.wait(120)  # everything but the last segment acknowledged
+    gate.set()  # the last segments and the fins go while S3 is still away
+
+    def paused() -> float:
+        return sum(
+            metric(scrape(n.http), "ftserver_transfers_failed_total", reason="s3_unavailable")
+            for n in nodes
+            if n.srv is not None
+        )
+
+    deadline = time.monotonic() + 120
+    while paused() < len(files):  # every fin answered 0x97 at least once
+        assert time.monotonic() < deadline, "no fin was answered s3_unavailable"
+        time.sleep(0.2)
     seaweed.start(buckets=[bucket])
-    gate.set()
     for t in threads:
         t.join(300)
         assert not t.is_alive()
     for cid, data in files.items():
         assert not isinstance(out[cid], BaseException), (cid, out[cid])
+        assert out[cid].pauses >= 1, cid  # the device paused, then finished
         body = s3.get_object(Bucket=bucket, Key=f"{cid}/f/f.bin")["Body"].read()
         assert body == data, cid
     left = s3.list_objects_v2(Bucket=bucket, Prefix=".ftserver/").get("Contents", [])

@@ -69,7 +69,8 @@ def _client_error(code: str, status: int = 400) -> ClientError:
 def test_error_descriptions(exc: BaseException, description: str) -> None:
     err = s3_error(exc)
     assert err.description == description
-    assert err.reason_code == 0x80
+    # S3 away or overloaded: the device waits and sends the fin again; the rest is final
+    assert err.reason_code == (0x97 if description == "s3_unavailable" else 0x80)
 
 
 def test_part_sizes() -> None:
