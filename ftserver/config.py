@@ -33,6 +33,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_upstream",
+    "relay_tls_context",
     "webhook_url",
 ]
 
@@ -827,6 +829,37 @@ class RelayConfig:
     def address(self) -> tuple[str, int, bool]:
         """(host, port, tls) of ``upstream`` (checked at load time)."""
         return parse_upstream(self.upstream)
+
+
+class _NamedContext(ssl.SSLContext):
+    """A client TLS context that checks the broker's certificate for ``relay.server_name``
+    instead of the host it connects to (paho passes the host to ``wrap_socket``)."""
+
+    server_name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = self.server_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def relay_tls_context(relay: RelayConfig) -> ssl.SSLContext:
+    """The client TLS context of an ``mqtts://`` upstream, for the relay's legs and the events
+    connection alike: TLS 1.2 at least, the system's trust store or ``relay.ca_file``, the
+    client certificate if given, the name ``relay.server_name``."""
+    ctx: ssl.SSLContext
+    if relay.server_name:
+        ctx = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.server_name = relay.server_name
+        if relay.ca_file:
+            ctx.load_verify_locations(relay.ca_file)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        ctx = ssl.create_default_context(cafile=relay.ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if relay.cert_file:
+        ctx.load_cert_chain(relay.cert_file, relay.key_file)
+    return ctx
 
 
 def parse_upstream(url: str) -> tuple[str, int, bool]:

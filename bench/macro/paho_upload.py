@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,17 @@ def start_server(data: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
     raise RuntimeError("server did not start")
 
 
-def upload(port: int, client_id: str, path: Path, size: int, segment: int) -> dict[str, float]:
+def timed_upload(
+    port: int,
+    client_id: str,
+    size: int,
+    chunks: Iterable[tuple[int, bytes]],
+    before_fin: Callable[[], None] = lambda: None,
+) -> tuple[float, float, float]:
+    """One paho client (MQTT 5) sends the init, the segments ``chunks`` yields (offset, bytes)
+    with at most 256 unacknowledged, waits until all are acknowledged, calls ``before_fin``,
+    then sends the fin. Returns the times (perf_counter) of the start, of the fin being sent
+    and of its acknowledgement; raises if any acknowledgement was not 0x00."""
     acks: dict[int, int] = {}
     cond = threading.Condition()
 
@@ -67,22 +78,18 @@ def upload(port: int, client_id: str, path: Path, size: int, segment: int) -> di
     client.loop_start()
     t0 = time.perf_counter()
     info = client.publish("$file/f/init", json.dumps({"name": "big.bin", "size": size}), qos=1)
-    last = info.mid
-    window: list[int] = []
-    with open(path, "rb") as f:
-        off = 0
-        while off < size:
-            chunk = f.read(segment)
-            window.append(client.publish(f"$file/f/{off}", chunk, qos=1).mid)
-            off += len(chunk)
-            if len(window) >= 256:  # keep paho's queue bounded
-                oldest = window[0]
-                with cond:
-                    cond.wait_for(lambda: oldest in acks)  # noqa: B023 - bound just above
-                window = [m for m in window if m not in acks]
+    window = [info.mid]
+    for off, chunk in chunks:
+        window.append(client.publish(f"$file/f/{off}", chunk, qos=1).mid)
+        if len(window) >= 256:  # keep paho's queue bounded
+            oldest = window[0]
+            with cond:
+                cond.wait_for(lambda: oldest in acks)  # noqa: B023 - bound just above
+            window = [m for m in window if m not in acks]
     with cond:
-        cond.wait_for(lambda: all(m in acks for m in window) and last in acks)
-    t_data = time.perf_counter()
+        cond.wait_for(lambda: all(m in acks for m in window))
+    before_fin()
+    t_sent = time.perf_counter()
     fin = client.publish(f"$file/f/fin/{size}", b"", qos=1).mid
     with cond:
         cond.wait_for(lambda: fin in acks)
@@ -92,6 +99,19 @@ def upload(port: int, client_id: str, path: Path, size: int, segment: int) -> di
     bad = {m: rc for m, rc in acks.items() if rc != 0}
     if bad:
         raise RuntimeError(f"non-zero acknowledgements: {list(bad.items())[:5]}")
+    return t0, t_sent, t_fin
+
+
+def upload(port: int, client_id: str, path: Path, size: int, segment: int) -> dict[str, float]:
+    def chunks() -> Iterator[tuple[int, bytes]]:
+        with open(path, "rb") as f:
+            off = 0
+            while off < size:
+                chunk = f.read(segment)
+                yield off, chunk
+                off += len(chunk)
+
+    t0, t_data, t_fin = timed_upload(port, client_id, size, chunks())
     return {"upload_s": t_data - t0, "fin_ms": (t_fin - t_data) * 1e3}
 
 

@@ -33,15 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from bench.macro.common import Row, Settings
+from bench.macro.paho_upload import timed_upload
 
 MiB = 1 << 20
 SEGMENT = 64 * 1024
@@ -73,45 +70,10 @@ def start_server(data: Path, config: Path, server_path: str | None) -> tuple[Any
 def upload(port: int, cid: str, data: bytes, settle: Any) -> tuple[float, float]:
     """init + segments, acknowledged; ``settle()``; then the fin. Returns the fin's latency
     and the time from the init to the fin's acknowledgement (s)."""
-    acks: dict[int, int] = {}
-    cond = threading.Condition()
-
-    def on_publish(c: Any, u: Any, mid: int, rc: Any, p: Any) -> None:
-        with cond:
-            acks[mid] = int(rc.value)
-            cond.notify_all()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(64)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port, 60)
-    client.loop_start()
-    start = time.perf_counter()
-    size = len(data)
-    mids = [client.publish("$file/f/init", json.dumps({"name": "big.bin", "size": size}), 1).mid]
     view = memoryview(data)
-    for off in range(0, size, SEGMENT):
-        mids.append(client.publish(f"$file/f/{off}", bytes(view[off : off + SEGMENT]), 1).mid)
-        if len(mids) >= 256:
-            oldest = mids[0]
-            with cond:
-                cond.wait_for(lambda: oldest in acks)  # noqa: B023 - bound just above
-            mids = [m for m in mids if m not in acks]
-    with cond:
-        cond.wait_for(lambda: all(m in acks for m in mids))
-    settle()
-    t0 = time.perf_counter()
-    fin = client.publish(f"$file/f/fin/{size}", b"", 1).mid
-    with cond:
-        cond.wait_for(lambda: fin in acks)
-    done = time.perf_counter()
-    latency = done - t0
-    client.disconnect()
-    client.loop_stop()
-    bad = {m: rc for m, rc in acks.items() if rc != 0}
-    if bad:
-        raise RuntimeError(f"non-zero acknowledgements: {list(bad.items())[:5]}")
-    return latency, done - start
+    chunks = ((off, bytes(view[off : off + SEGMENT])) for off in range(0, len(data), SEGMENT))
+    start, fin_sent, fin_acked = timed_upload(port, cid, len(data), chunks, settle)
+    return fin_acked - fin_sent, fin_acked - start
 
 
 def measure(

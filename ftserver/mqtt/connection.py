@@ -120,6 +120,7 @@ class MqttConnection(asyncio.BufferedProtocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.decoder = Decoder(ctx.settings.max_packet_size)
+        self.decoder.keep_raw_publish = ctx.settings.relay
         self.core = SessionCore(
             ctx.settings, ctx.access, ctx.registry, ctx.handler, self.decoder, self._act
         )

@@ -596,6 +596,7 @@ class Decoder(_ReceiveBuffer):
         "_protocol_level",
         "_reader_level",
         "_server",
+        "keep_raw_publish",
         "max_packet_size",
         "raw_publish",
     )
@@ -622,7 +623,9 @@ class Decoder(_ReceiveBuffer):
         self._error: ProtocolError | None = None
         self._first_ok = b""
         self._max_body: dict[int, int] = {}
-        #: the whole of the last PUBLISH decoded, as received (valid as long as its payload)
+        #: the whole of the last PUBLISH decoded, as received (valid as long as its payload),
+        #: kept only when asked for (relay mode passes such packets on unchanged)
+        self.keep_raw_publish = False
         self.raw_publish: memoryview | None = None
         self._set_level(protocol_level)
 
@@ -689,7 +692,7 @@ class Decoder(_ReceiveBuffer):
             packet = decode(self, reader, first)
             if reader.pos != reader.end:
                 raise malformed("§2.1.4", f"{reader.end - reader.pos} bytes follow the last field")
-            if ptype == _PUBLISH:
+            if ptype == _PUBLISH and self.keep_raw_publish:
                 self.raw_publish = self._view[start : start + total]
             if self._start == self._end:
                 self._drop()  # the packet keeps its payload's buffer alive as long as it needs

@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 from typing import Any
 
 import aiomqtt
 
-from ftserver.config import RelayConfig, parse_upstream
+from ftserver.config import RelayConfig, parse_upstream, relay_tls_context
 from ftserver.notify.outbox import Entry
 from ftserver.topics import is_valid_topic_name
 
@@ -38,36 +37,6 @@ def events_topic(prefix: str, doc: dict[str, Any]) -> str:
     return f"{prefix}/{doc['clientId']}/{doc['fileId']}"
 
 
-class _NamedContext(ssl.SSLContext):
-    """A client TLS context that checks the broker's certificate for ``relay.server_name``
-    instead of the host it connects to (paho passes the host to ``wrap_socket``)."""
-
-    server_name = ""
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        kwargs["server_hostname"] = self.server_name
-        return super().wrap_socket(sock, *args, **kwargs)
-
-
-def tls_context(relay: RelayConfig) -> ssl.SSLContext:
-    """The client TLS context of an ``mqtts://`` upstream: the system's trust store or
-    ``relay.ca_file``, the client certificate if given, the name ``relay.server_name``."""
-    ctx: ssl.SSLContext
-    if relay.server_name:
-        ctx = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.server_name = relay.server_name
-        if relay.ca_file:
-            ctx.load_verify_locations(relay.ca_file)
-        else:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    else:
-        ctx = ssl.create_default_context(cafile=relay.ca_file or None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if relay.cert_file:
-        ctx.load_cert_chain(relay.cert_file, relay.key_file)
-    return ctx
-
-
 class MqttSink:
     """Publishes events to the upstream broker (see the module docstring)."""
 
@@ -79,7 +48,7 @@ class MqttSink:
         self.identifier = identifier
         self.timeout = timeout
         self.host, self.port, tls = parse_upstream(relay.upstream)
-        self._tls = tls_context(relay) if tls else None
+        self._tls = relay_tls_context(relay) if tls else None
         self._client: aiomqtt.Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._watch: asyncio.Task[None] | None = None

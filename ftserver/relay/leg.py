@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ftserver import metrics
-from ftserver.config import RelayConfig
+from ftserver.config import RelayConfig, relay_tls_context
 from ftserver.errors import RateLimitedLog
 from ftserver.mqtt import codec
 from ftserver.mqtt.codec import Decoder, ProtocolError
@@ -65,7 +65,7 @@ class RelayClient:
     def __init__(self, config: RelayConfig, worker: str = "0") -> None:
         self.config = config
         self.host, self.port, tls = config.address
-        self.ssl = _client_context(config) if tls else None
+        self.ssl = relay_tls_context(config) if tls else None
         self.server_name = config.server_name or self.host if tls else None
         self.worker = worker
         self.counts = RelayCounts()
@@ -136,13 +136,6 @@ class RelayClient:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _client_context(config: RelayConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=config.ca_file or None)
-    if config.cert_file:
-        ctx.load_cert_chain(config.cert_file, config.key_file)
-    return ctx
 
 
 class UpstreamLeg(asyncio.Protocol):

@@ -106,6 +106,7 @@ class Client:
         admitted: bool = True,
     ) -> None:
         self.decoder = Decoder(settings.max_packet_size)
+        self.decoder.keep_raw_publish = settings.relay
         self.registry = registry if registry is not None else SessionRegistry()
         self.commands = commands if commands is not None else Commands()
         self.actions: list[Action] = []

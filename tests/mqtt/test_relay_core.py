@@ -470,3 +470,15 @@ def test_broker_closing_the_leg_before_the_session_is_ready() -> None:
     acts = c.take()
     (connack,) = read_v5(acts)
     assert connack.reason_code == 0x88 and closed(acts)
+
+
+def test_shutdown_closes_the_leg_without_disconnect() -> None:
+    """ftserver stopping is the device's path to the broker breaking: the device gets 0x8B,
+    the leg ends without DISCONNECT, so the broker applies the Will (docs/relay.md)."""
+    c = relay_client()
+    connected(c)
+    c.core.shutdown()
+    acts = c.take()
+    (disconnect,) = read_v5(acts)
+    assert disconnect.reason_code == 0x8B and closed(acts)
+    assert CloseUpstream(None) in acts
